@@ -1,0 +1,308 @@
+"""One validated settings object for the whole node.
+
+Settings come from, in rising priority: the embedded defaults below, a TOML file
+(``config/samie-node.toml`` is the commented default), environment variables prefixed ``SAMIE_`` with
+``__`` between sections (``SAMIE_NODE__PORT=11113``), and command-line flags. The object is built once
+and passed down explicitly; no module reads global configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from samie_node.errors import ConfigError
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
+_PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid AE title, else raise ``ValueError``."""
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Strict):
+    """TLS (PS3.15 secure transport) for a listener or a peer connection."""
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class Peer(_Strict):
+    """A remote application entity: a destination, a PACS to retrieve from, an echo target."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    name: str = ""
+    tls: TlsSettings | None = None
+    secondary_capture: bool = False
+
+    _check_ae = field_validator("ae_title")(lambda cls, v: validate_ae_title(v))
+
+    @property
+    def label(self) -> str:
+        """The peer as ``AE@HOST:PORT``, the form used on the command line and in the index."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``AE@HOST:PORT`` (IPv6 hosts in brackets).
+
+        Raises
+        ------
+        ConfigError
+            If ``text`` is not of that form.
+        """
+        match = _PEER.match(text.strip())
+        if not match:
+            raise ConfigError(f"expected AE@HOST:PORT, got {text!r}")
+        try:
+            return cls(
+                ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]), name=""
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"invalid peer {text!r}: {exc.errors()[0]['msg']}") from exc
+
+
+class AllowedPeer(_Strict):
+    """One entry of the calling-AE allow-list; ``host`` empty means any address."""
+
+    ae_title: str
+    host: str = ""
+
+    _check_ae = field_validator("ae_title")(lambda cls, v: validate_ae_title(v))
+
+
+class NodeSettings(_Strict):
+    """The listener: who we are, who may talk to us, how long we wait."""
+
+    ae_title: str = "SAMIE_NODE"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TlsSettings | None = None
+    data_dir: Path = Path("samie-data")
+    require_called_ae_title: bool = True
+    allowed_peers: list[AllowedPeer] = Field(default_factory=list)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    max_associations_per_peer: int = Field(default=8, ge=1, le=1000)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    maximum_pdu_length: int = Field(default=262_144, ge=4096, le=16 * 1024 * 1024)
+    accept_deflated: bool = False
+    fsync: bool = True
+
+    _check_ae = field_validator("ae_title")(lambda cls, v: validate_ae_title(v))
+
+
+class LimitSettings(_Strict):
+    """Bounds on what one peer can make the node hold or do."""
+
+    max_instance_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    max_pixels: int = Field(default=1_000_000_000, ge=1)
+    max_sequence_depth: int = Field(default=16, ge=1)
+    disk_floor_bytes: int = Field(default=1024**3, ge=0)
+
+
+class StudySettings(_Strict):
+    """When a study is complete enough to process."""
+
+    quiet_period_s: float = Field(default=10.0, ge=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+
+class SelectionSettings(_Strict):
+    """Which instances of a study the engine looks at."""
+
+    modalities: list[str] = Field(
+        default_factory=lambda: ["CT", "MR", "US", "XC", "OT", "CR", "DX", "MG", "PT", "NM", "SM", "ES", "GM"]
+    )
+    skip_image_types: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCREEN SAVE", "DOSE INFO"])
+    max_images_per_study: int = Field(default=2000, ge=1)
+
+
+class SegmenterSettings(_Strict):
+    """The Segment Anything model that makes the masks."""
+
+    kind: Literal["litemedsam", "sam"] = "litemedsam"
+    mode: Literal["auto", "box"] = "auto"
+    box: tuple[float, float, float, float] | None = None
+    sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    sam_checkpoint: Path | None = None
+    points_per_side: int = Field(default=32, ge=2, le=128)
+    pred_iou_thresh: float = Field(default=0.7, ge=0, le=1)
+    stability_score_thresh: float = Field(default=0.85, ge=0, le=1)
+    min_region_area: int = Field(default=16, ge=0)
+    max_masks: int = Field(default=8, ge=1, le=256)
+    batch_size: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _sam_needs_checkpoint(self) -> SegmenterSettings:
+        if self.kind == "sam" and self.sam_checkpoint is None:
+            raise ValueError("segmenter.kind = 'sam' needs segmenter.sam_checkpoint (nothing is downloaded)")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError("segmenter.box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        return self
+
+
+class ClassifierSettings(_Strict):
+    """The optional classifier; with no checkpoint the node segments and says no class was made."""
+
+    checkpoint: Path | None = None
+
+
+class EngineSettings(_Strict):
+    """Where the models run."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    torch_threads: int = Field(default=0, ge=0)
+
+
+class OutputSettings(_Strict):
+    """What the node writes back for each study."""
+
+    seg: bool = True
+    sr: bool = True
+    keep_empty_frames: bool = True
+    manufacturer: str = "samie-node"
+    series_number_seg: int = 9901
+    series_number_sr: int = 9902
+    series_number_sc: int = 9903
+
+
+class SendSettings(_Strict):
+    """How results travel back to the PACS."""
+
+    destinations: list[Peer] = Field(default_factory=list)
+    return_to_caller: bool = False
+    return_port: int | None = Field(default=None, ge=1, le=65535)
+    calling_ae_title: str | None = None
+    max_attempts: int = Field(default=12, ge=1)
+    backoff_initial_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class AuditSettings(_Strict):
+    """The audit trail, separate from the operational log."""
+
+    enabled: bool = True
+    path: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything the node needs, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAMIE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    segmenter: SegmenterSettings = Field(default_factory=SegmenterSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    send: SendSettings = Field(default_factory=SendSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (which arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances live."""
+        return self.node.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where results wait for delivery."""
+        return self.node.data_dir / "outbox"
+
+    @property
+    def index_path(self) -> Path:
+        """The SQLite index."""
+        return self.node.data_dir / "index.sqlite3"
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit trail (JSON lines)."""
+        return self.audit.path or self.node.data_dir / "audit.jsonl"
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from a TOML file, the environment and explicit overrides.
+
+    Parameters
+    ----------
+    path
+        A TOML file; ``None`` uses the embedded defaults only.
+    overrides
+        Nested values that win over file and environment (the command-line flags).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or unreadable, or any value is invalid; the message names the field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        settings = Settings(**data)
+        if overrides:
+            settings = Settings.model_validate(
+                _deep_update(settings.model_dump(mode="python"), overrides)
+            )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+    return settings
