@@ -107,7 +107,6 @@ class NodeSettings(_Strict):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     maximum_pdu_length: int = Field(default=262_144, ge=4096, le=16 * 1024 * 1024)
-    accept_deflated: bool = False
     fsync: bool = True
 
     _check_ae = field_validator("ae_title")(lambda cls, v: validate_ae_title(v))

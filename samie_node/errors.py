@@ -21,6 +21,10 @@ class InvalidInputError(SamieNodeError):
     """A dataset, file or UID from outside cannot be used (hostile, truncated, unsupported)."""
 
 
+class InvalidUidError(InvalidInputError):
+    """A UID is malformed (not digits and dots, too long, path characters) or contradicts another."""
+
+
 class UnsupportedImageError(InvalidInputError):
     """An image decodes badly or has a form the engine does not handle (photometric, size, syntax)."""
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from samie_node.errors import InvalidInputError
+from samie_node.errors import InvalidUidError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
@@ -26,7 +26,7 @@ def is_valid_uid(value: object) -> bool:
 
 
 def require_uid(value: object, what: str) -> str:
-    """Return ``value`` if it is a valid UID, else raise :class:`InvalidInputError`.
+    """Return ``value`` if it is a valid UID, else raise :class:`InvalidUidError`.
 
     The message never echoes the value itself beyond its length: a hostile value may be long or carry
     control characters that do not belong in a log.
@@ -37,7 +37,7 @@ def require_uid(value: object, what: str) -> str:
         value = value.rstrip("\x00 ")
     if not is_valid_uid(value):
         length = len(value) if isinstance(value, str) else 0
-        raise InvalidInputError(f"{what} is not a valid DICOM UID (length {length})")
+        raise InvalidUidError(f"{what} is not a valid DICOM UID (length {length})")
     return str(value)
 
 

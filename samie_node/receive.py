@@ -1,0 +1,441 @@
+"""The DICOM listener: a pynetdicom SCP that answers C-ECHO and stores C-STORE requests in the spool.
+
+The C-STORE handler only validates and writes. It reads the few header elements it needs (UIDs, accession
+number, study date) from the start of the encoded dataset, checks every UID before it becomes a path part,
+writes the encoded bytes exactly as received (compressed studies stay compressed) through
+:meth:`Spool.store` and answers with a DICOM status. It never decodes pixels and never waits on a model.
+
+Statuses returned to the sender:
+
+=========  ==========================================================================
+0x0000     stored durably and indexed
+0xA700     out of resources: the disk is full or below the configured free-space floor
+0xC210     cannot understand: the dataset cannot be parsed or lacks a required UID
+0xC211     cannot understand: a UID is not a valid DICOM UID or does not match the request
+0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes``
+0xC213     cannot understand: the instance could not be written (I/O error other than a full disk)
+=========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pydicom.uid as pdu
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from samie_node.audit import AuditLog
+from samie_node.config import Settings
+from samie_node.errors import InvalidInputError, InvalidUidError, SpoolError
+from samie_node.spool import IncomingInstance, OutOfSpaceError, Spool
+from samie_node.uids import require_uid
+
+LOG = logging.getLogger("samie_node.receive")
+
+#: Transfer syntaxes stored as received. Deflated Explicit VR Little Endian is deliberately absent: it
+#: inflates without a size bound in pydicom/pynetdicom (a "deflate bomb"), so a peer must send it in
+#: another syntax; the association negotiation tells it so.
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    pdu.ExplicitVRLittleEndian,
+    pdu.ImplicitVRLittleEndian,
+    pdu.ExplicitVRBigEndian,
+    pdu.JPEGBaseline8Bit,
+    pdu.JPEGExtended12Bit,
+    pdu.JPEGLossless,
+    pdu.JPEGLosslessSV1,
+    pdu.JPEGLSLossless,
+    pdu.JPEGLSNearLossless,
+    pdu.JPEG2000Lossless,
+    pdu.JPEG2000,
+    pdu.RLELossless,
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_PARSE = 0xC210
+STATUS_INVALID_UID = 0xC211
+STATUS_TOO_LARGE = 0xC212
+STATUS_WRITE_FAILED = 0xC213
+
+_LAST_HEADER_TAG = Tag(0x0020, 0x000E)  # Series Instance UID: everything we need comes before it
+_HEADER_TAGS: list[BaseTag | int] = [
+    Tag(0x0008, 0x0016),  # SOP Class UID
+    Tag(0x0008, 0x0018),  # SOP Instance UID
+    Tag(0x0008, 0x0020),  # Study Date
+    Tag(0x0008, 0x0050),  # Accession Number
+    Tag(0x0020, 0x000D),  # Study Instance UID
+    Tag(0x0020, 0x000E),  # Series Instance UID
+]
+
+
+def configure_pynetdicom() -> None:
+    """Turn off pynetdicom's own logging of identifiers and its verbose handlers.
+
+    pynetdicom keeps these switches in its module-level ``_config``; this is the one place the node sets
+    them, at start-up, so that no patient identifier reaches a log through the library.
+    """
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pylibjpeg").setLevel(logging.WARNING)
+    logging.getLogger("openjpeg").setLevel(logging.WARNING)
+
+
+def read_header(stream: BytesIO, transfer_syntax_uid: str) -> Dataset:
+    """Parse only the header elements the spool needs from an encoded dataset (no pixel data).
+
+    Raises
+    ------
+    InvalidInputError
+        If the bytes cannot be parsed as a dataset in ``transfer_syntax_uid``.
+    """
+    ts = pdu.UID(transfer_syntax_uid)
+    stream.seek(0)
+    try:
+        return read_dataset(
+            stream,
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=lambda tag, _vr, _length: tag > _LAST_HEADER_TAG,
+            specific_tags=_HEADER_TAGS,
+        )
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise InvalidInputError(f"dataset cannot be parsed ({type(exc).__name__})") from exc
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    try:
+        value = dataset.get(keyword, "")
+    except Exception:  # a malformed optional element must not cost the instance
+        return ""
+    return str(value or "").strip()[:64]
+
+
+def incoming_from_header(
+    header: Dataset,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    calling_ae_title: str = "",
+    calling_host: str = "",
+) -> IncomingInstance:
+    """Validate the header of a received instance and describe it for the spool.
+
+    Raises
+    ------
+    InvalidInputError
+        If a UID is missing, malformed, or the dataset's SOP Instance UID differs from the request's.
+    """
+    sop = require_uid(sop_instance_uid, "Affected SOP Instance UID")
+    try:
+        study = header.get("StudyInstanceUID")
+        series = header.get("SeriesInstanceUID")
+        dataset_sop = header.get("SOPInstanceUID")
+    except Exception as exc:
+        raise InvalidInputError(f"UID elements cannot be read ({type(exc).__name__})") from exc
+    if study is None or series is None:
+        raise InvalidInputError("dataset has no Study or Series Instance UID")
+    if dataset_sop is not None and require_uid(dataset_sop, "SOP Instance UID") != sop:
+        raise InvalidUidError("dataset SOP Instance UID differs from the C-STORE request")
+    return IncomingInstance(
+        sop_instance_uid=sop,
+        study_instance_uid=require_uid(study, "Study Instance UID"),
+        series_instance_uid=require_uid(series, "Series Instance UID"),
+        sop_class_uid=require_uid(sop_class_uid, "SOP Class UID"),
+        transfer_syntax_uid=require_uid(transfer_syntax_uid, "Transfer Syntax UID"),
+        accession_number=_text(header, "AccessionNumber"),
+        study_date=_text(header, "StudyDate"),
+        calling_ae_title=calling_ae_title,
+        calling_host=calling_host,
+    )
+
+
+def incoming_from_file(path: Path) -> IncomingInstance | None:
+    """Describe a spool file found on disk but not in the index (start-up reconciliation).
+
+    Returns None when the file is not a usable DICOM instance.
+    """
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        return incoming_from_header(
+            dataset,
+            sop_class_uid=str(dataset.file_meta.MediaStorageSOPClassUID),
+            sop_instance_uid=str(dataset.file_meta.MediaStorageSOPInstanceUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+        )
+    except Exception:  # an unreadable leftover is reported by the caller's counts
+        return None
+
+
+class _PeerCounter:
+    """Counts open associations per peer address, for the per-peer cap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, host: str, cap: int) -> bool:
+        with self._lock:
+            if self._counts.get(host, 0) >= cap:
+                return False
+            self._counts[host] = self._counts.get(host, 0) + 1
+            return True
+
+    def release(self, host: str) -> None:
+        with self._lock:
+            left = self._counts.get(host, 0) - 1
+            if left > 0:
+                self._counts[host] = left
+            else:
+                self._counts.pop(host, None)
+
+
+class Receiver:
+    """The node's listening application entity.
+
+    Parameters
+    ----------
+    settings
+        Validated settings; ``settings.node`` and ``settings.limits`` are used here.
+    spool
+        Where received instances go.
+    audit
+        The audit trail.
+    clock
+        Monotonic clock for timings.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        audit: AuditLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._audit = audit
+        self._clock = clock
+        self._peers = _PeerCounter()
+        self._servers: list[ThreadedAssociationServer] = []
+        self._stored = 0
+        self._stored_lock = threading.Lock()
+        self.ae = self._build_ae()
+
+    @property
+    def stored(self) -> int:
+        """Instances stored since start (for logs and tests)."""
+        return self._stored
+
+    def _build_ae(self) -> AE:
+        node = self._settings.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.maximum_pdu_size = node.maximum_pdu_length
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.network_timeout = node.network_timeout_s
+        ae.require_called_aet = node.require_called_ae_title
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        return ae
+
+    def _handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+
+    def start(self) -> list[tuple[str, int]]:
+        """Start the listener(s) in background threads; returns the bound (host, port) pairs."""
+        node = self._settings.node
+        server = self.ae.start_server(
+            (node.host, node.port), block=False, evt_handlers=self._handlers()
+        )
+        self._servers.append(server)
+        bound = [server.server_address[:2]]
+        LOG.info(
+            "listening ae_title=%s address=%s:%d max_associations=%d",
+            node.ae_title,
+            bound[0][0],
+            bound[0][1],
+            node.max_associations,
+        )
+        return bound
+
+    def stop(self) -> None:
+        """Stop listening and close open associations."""
+        for server in self._servers:
+            server.shutdown()
+        self._servers.clear()
+
+    # ------------------------------------------------------------ events
+
+    @staticmethod
+    def _peer_host(event: evt.Event) -> str:
+        return str(event.assoc.requestor.address)
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            # Without TCP_NODELAY each small C-STORE response waits on Nagle's algorithm against the
+            # peer's delayed ACK (about 40 ms per instance).
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        node = self._settings.node
+        assoc = event.assoc
+        host = self._peer_host(event)
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        if node.require_called_ae_title and called != node.ae_title:
+            self._reject(event, (0x01, 0x01, 0x07), "called AE title not recognised", calling, host)
+            return
+        if node.allowed_peers and not any(
+            peer.ae_title == calling and (not peer.host or peer.host == host) for peer in node.allowed_peers
+        ):
+            self._reject(event, (0x01, 0x01, 0x03), "calling AE title or address not allowed", calling, host)
+            return
+        if not self._peers.acquire(host, node.max_associations_per_peer):
+            self._reject(event, (0x02, 0x03, 0x02), "per-peer association limit reached", calling, host)
+            return
+        assoc._samie_counted = True  # released in _on_conn_close
+
+    def _reject(
+        self, event: evt.Event, reason: tuple[int, int, int], why: str, calling: str, host: str
+    ) -> None:
+        LOG.warning("association rejected peer=%s@%s reason=%s", calling, host, why)
+        self._audit.record("association_rejected", calling_ae_title=calling, peer_host=host, reason=why)
+        event.assoc.acse.send_reject(*reason)
+        # As pynetdicom does for its own rejections: wait until the reject PDU is out before the
+        # association thread closes the socket, or the peer sees an abort instead of the reason.
+        event.assoc.kill()
+
+    def _on_established(self, event: evt.Event) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        host = self._peer_host(event)
+        LOG.info("association accepted peer=%s@%s", calling, host)
+        self._audit.record("association_accepted", calling_ae_title=calling, peer_host=host)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        host = self._peer_host(event)
+        LOG.warning("association rejected by policy peer=%s@%s", calling, host)
+        self._audit.record(
+            "association_rejected", calling_ae_title=calling, peer_host=host, reason="acse policy"
+        )
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        if getattr(event.assoc, "_samie_counted", False):
+            event.assoc._samie_counted = False
+            self._peers.release(self._peer_host(event))
+
+    def _on_echo(self, event: evt.Event) -> int:
+        LOG.info("C-ECHO peer=%s@%s", str(event.assoc.requestor.ae_title).strip(), self._peer_host(event))
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        """Validate, write durably, index, answer. One unit of work; errors end here as a status."""
+        started = self._clock()
+        request = event.request
+        calling = str(event.assoc.requestor.ae_title).strip()
+        host = self._peer_host(event)
+        stream: BytesIO = request.DataSet
+        size = stream.seek(0, 2)
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            if size > self._settings.limits.max_instance_bytes:
+                raise _StoreRefused(STATUS_TOO_LARGE, f"instance of {size} bytes exceeds the limit")
+            if self._spool.free_bytes() < self._settings.limits.disk_floor_bytes:
+                raise _StoreRefused(STATUS_OUT_OF_RESOURCES, "free disk space below the configured floor")
+            try:
+                header = read_header(stream, transfer_syntax)
+                incoming = incoming_from_header(
+                    header,
+                    sop_class_uid=str(request.AffectedSOPClassUID),
+                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    transfer_syntax_uid=transfer_syntax,
+                    calling_ae_title=calling,
+                    calling_host=host,
+                )
+            except InvalidInputError as exc:
+                status = STATUS_INVALID_UID if isinstance(exc, InvalidUidError) else STATUS_CANNOT_PARSE
+                raise _StoreRefused(status, str(exc)) from exc
+            preamble = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            self._spool.store(incoming, [preamble, stream.getbuffer()])
+        except _StoreRefused as refused:
+            self._log_refusal(refused.status, refused.reason, calling, host, size)
+            return refused.status
+        except OutOfSpaceError as exc:
+            self._log_refusal(STATUS_OUT_OF_RESOURCES, str(exc), calling, host, size)
+            return STATUS_OUT_OF_RESOURCES
+        except SpoolError as exc:
+            self._log_refusal(STATUS_WRITE_FAILED, str(exc), calling, host, size)
+            return STATUS_WRITE_FAILED
+        elapsed_ms = (self._clock() - started) * 1000
+        with self._stored_lock:
+            self._stored += 1
+        LOG.debug(
+            "stored sop_instance_uid=%s study_instance_uid=%s bytes=%d ms=%.1f peer=%s@%s",
+            incoming.sop_instance_uid,
+            incoming.study_instance_uid,
+            size,
+            elapsed_ms,
+            calling,
+            host,
+        )
+        self._audit.record(
+            "instance_received",
+            study_instance_uid=incoming.study_instance_uid,
+            sop_instance_uid=incoming.sop_instance_uid,
+            bytes=size,
+            calling_ae_title=calling,
+            peer_host=host,
+            ms=round(elapsed_ms, 2),
+        )
+        return STATUS_SUCCESS
+
+    def _log_refusal(self, status: int, reason: str, calling: str, host: str, size: int) -> None:
+        LOG.warning(
+            "C-STORE refused status=0x%04X reason=%s bytes=%d peer=%s@%s", status, reason, size, calling, host
+        )
+        self._audit.record(
+            "instance_refused",
+            status=f"0x{status:04X}",
+            reason=reason,
+            bytes=size,
+            calling_ae_title=calling,
+            peer_host=host,
+        )
+
+
+class _StoreRefused(Exception):
+    """Internal: ends one C-STORE with a non-success status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
