@@ -261,6 +261,21 @@ class Settings(BaseSettings):
         return self.audit.path or self.node.data_dir / "audit.jsonl"
 
 
+class _ExactSettings(Settings):
+    """Settings validated from explicit values only (file and environment already merged in)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -297,9 +312,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     try:
         settings = Settings(**data)
         if overrides:
-            settings = Settings.model_validate(
-                _deep_update(settings.model_dump(mode="python"), overrides)
-            )
+            settings = _ExactSettings(**_deep_update(settings.model_dump(mode="python"), overrides))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -1,0 +1,31 @@
+# samie-node: a DICOM node that runs SAM-IE and returns SEG and SR to the PACS.
+# PyPI's torch 2.14.1 wheels for Linux x86_64 are CUDA builds: run with `--gpus all` (NVIDIA container
+# toolkit) and the node uses the GPU; without a GPU it runs on the CPU with the same image.
+#   docker build -t samie-node .
+#   docker run -p 11112:11112 -v samie-data:/data samie-node
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    SAMIE_NODE__DATA_DIR=/data
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/samie-node
+RUN pip install torch==2.14.1 torchvision==0.29.1
+COPY pyproject.toml README.md ./
+COPY samie_node ./samie_node
+COPY dicom_templates ./dicom_templates
+COPY config ./config
+RUN pip install . && useradd --system --create-home --home-dir /home/samie samie \
+ && mkdir -p /data /etc/samie-node && cp config/samie-node.toml /etc/samie-node/ && chown samie /data
+
+USER samie
+VOLUME ["/data"]
+EXPOSE 11112
+HEALTHCHECK --interval=30s --timeout=15s CMD samie-node echo "SAMIE_NODE@127.0.0.1:11112" || exit 1
+ENTRYPOINT ["samie-node"]
+CMD ["serve", "--config", "/etc/samie-node/samie-node.toml"]

@@ -1,0 +1,40 @@
+# The two set-up commands of the README:
+#   make serve   installs the node and starts it on its embedded defaults (no GPU, no downloads at run time)
+#   make test    installs the node, its test extras and the real peers (dcmtk, Orthanc, Chromium, OHIF),
+#                then runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/python -m pip
+# torch and torchvision are pinned here, inside the range pyproject.toml declares.
+TORCH = torch==2.14.1 torchvision==0.29.1
+
+.PHONY: serve install install-test peers test bench lint
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e .
+
+serve: install
+	$(VENV)/bin/samie-node serve
+
+install-test: $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[test]'
+
+peers:
+	./scripts/install-test-peers.sh
+
+test: peers install-test
+	$(VENV)/bin/python -m pytest
+
+lint:
+	$(VENV)/bin/ruff check samie_node tests bench
+	$(VENV)/bin/mypy samie_node
+
+bench: install-test
+	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/inference.py
