@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from samie_node.audit import AuditLog
 from samie_node.config import Peer, Settings, load_settings
 from samie_node.errors import SamieNodeError
 from samie_node.spool import Spool
@@ -104,7 +103,8 @@ def echo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the peer.")] = 10.0,
 ) -> None:
     """Check that a peer answers (C-ECHO)."""
-    from samie_node.send import calling_ae_title, echo as send_echo
+    from samie_node.send import calling_ae_title
+    from samie_node.send import echo as send_echo
 
     settings = _settings(config)
     try:

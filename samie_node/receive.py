@@ -20,7 +20,6 @@ Statuses returned to the sender:
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +36,11 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.errors import InvalidInputError, InvalidUidError, SpoolError
+from samie_node.listener import BoundedAssociationServer, start_server
 from samie_node.spool import IncomingInstance, OutOfSpaceError, Spool
 from samie_node.uids import require_uid
 
@@ -234,7 +233,7 @@ class Receiver:
         self._audit = audit
         self._clock = clock
         self._peers = _PeerCounter()
-        self._servers: list[ThreadedAssociationServer] = []
+        self._servers: list[BoundedAssociationServer] = []
         self._stored = 0
         self._stored_lock = threading.Lock()
         self.ae = self._build_ae()
@@ -260,7 +259,6 @@ class Receiver:
 
     def _handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -272,9 +270,7 @@ class Receiver:
     def start(self) -> list[tuple[str, int]]:
         """Start the listener(s) in background threads; returns the bound (host, port) pairs."""
         node = self._settings.node
-        server = self.ae.start_server(
-            (node.host, node.port), block=False, evt_handlers=self._handlers()
-        )
+        server = start_server(self.ae, (node.host, node.port), evt_handlers=self._handlers())
         self._servers.append(server)
         bound = [server.server_address[:2]]
         LOG.info(
@@ -297,13 +293,6 @@ class Receiver:
     @staticmethod
     def _peer_host(event: evt.Event) -> str:
         return str(event.assoc.requestor.address)
-
-    def _on_conn_open(self, event: evt.Event) -> None:
-        sock = event.assoc.dul.socket
-        if sock is not None and sock.socket is not None:
-            # Without TCP_NODELAY each small C-STORE response waits on Nagle's algorithm against the
-            # peer's delayed ACK (about 40 ms per instance).
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_requested(self, event: evt.Event) -> None:
         node = self._settings.node

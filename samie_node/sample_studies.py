@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
 )
