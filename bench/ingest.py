@@ -1,0 +1,240 @@
+"""Ingest benchmark: dcmtk ``storescu`` sending one generated CT study to four receivers in one run.
+
+Receivers, each on loopback, each measured with the same sender and files:
+
+(a) samie-node ``serve`` (fsync'd durable spool + SQLite index),
+(b) pynetdicom's bundled ``storescp`` app (writes files, no fsync),
+(c) Orthanc (Debian package, default storage),
+(d) a pynetdicom accept-and-discard receiver with TCP_NODELAY (the ceiling for a Python receiver).
+
+Run::
+
+    .venv/bin/python bench/ingest.py [--slices 200] [--size 512] [--senders 4] [--repeat 1]
+
+It prints instances/s and MB/s for one sender and for ``--senders`` concurrent senders (each with its own
+copy of the study), and the ratios the targets are stated in. Results also go to
+``bench/results/ingest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from samie_node.sample_studies import ct_series, write_datasets  # noqa: E402
+
+DISCARD_SCP = r"""
+import socket, sys
+from pynetdicom import AE, evt, _config
+from pynetdicom.presentation import AllStoragePresentationContexts
+_config.LOG_HANDLER_LEVEL = "none"
+def nodelay(event):
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ae = AE(ae_title="DISCARD")
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+ae.maximum_associations = 32
+ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True,
+                evt_handlers=[(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_C_STORE, lambda e: 0x0000)])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} not listening")
+
+
+@contextlib.contextmanager
+def process(args: list[str], port: int, cwd: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    log = (cwd / "receiver.log").open("ab")
+    proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    try:
+        wait_for_port(port, 120)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def samie_node(work: Path, port: int) -> Iterator[str]:
+    config = work / "samie.toml"
+    config.write_text(
+        f'[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'
+        "[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = 3600\n",
+        encoding="utf-8",
+    )
+    with process([sys.executable, "-m", "samie_node", "serve", "--config", str(config)], port, work):
+        yield "SAMIE_NODE"
+
+
+@contextlib.contextmanager
+def pynetdicom_storescp(work: Path, port: int) -> Iterator[str]:
+    out = work / "out"
+    out.mkdir()
+    with process([sys.executable, "-m", "pynetdicom", "storescp", str(port), "-od", str(out)], port, work):
+        yield "STORESCP"
+
+
+@contextlib.contextmanager
+def orthanc(work: Path, port: int) -> Iterator[str]:
+    storage = work / "orthanc"
+    http = free_port()
+    config = work / "orthanc.json"
+    config.write_text(
+        json.dumps(
+            {
+                "StorageDirectory": str(storage),
+                "IndexDirectory": str(storage),
+                "HttpPort": http,
+                "DicomPort": port,
+                "DicomAet": "ORTHANC",
+                "RemoteAccessAllowed": False,
+                "DicomCheckCalledAet": False,
+                "Plugins": [],
+            }
+        )
+    )
+    with process(["/usr/sbin/Orthanc", str(config)], port, work):
+        wait_for_port(http)
+        yield "ORTHANC"
+
+
+@contextlib.contextmanager
+def discard(work: Path, port: int) -> Iterator[str]:
+    with process([sys.executable, "-c", DISCARD_SCP, str(port)], port, work):
+        yield "DISCARD"
+
+
+RECEIVERS = {
+    "samie-node": samie_node,
+    "pynetdicom storescp": pynetdicom_storescp,
+    "Orthanc": orthanc,
+    "accept-and-discard": discard,
+}
+
+
+def send(ae_title: str, port: int, folders: list[Path]) -> float:
+    """Run one storescu per folder concurrently; returns the wall time until all finished."""
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise SystemExit("storescu not found: install Debian package dcmtk (make peers)")
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [storescu, "-aec", ae_title, "127.0.0.1", str(port), "+sd", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for folder in folders
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per receiver; the best is reported")
+    args = parser.parse_args()
+
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="samie-bench-", dir=REPO / "bench") as tmp:
+        root = Path(tmp)
+        folders = []
+        for sender in range(max(args.senders, 1)):
+            datasets, _ = ct_series(slices=args.slices, rows=args.size, columns=args.size, seed=100 + sender)
+            folders.append(root / f"study{sender}")
+            write_datasets(datasets, folders[-1])
+        megabytes = sum(p.stat().st_size for p in folders[0].iterdir()) / 1e6
+        results: dict[str, dict[str, float]] = {}
+        for name, factory in RECEIVERS.items():
+            best_one, best_many = float("inf"), float("inf")
+            for attempt in range(args.repeat):
+                work = root / f"{name.replace(' ', '_')}-{attempt}"
+                work.mkdir()
+                port = free_port()
+                with factory(work, port) as ae_title:
+                    best_one = min(best_one, send(ae_title, port, folders[:1]))
+                    best_many = min(best_many, send(ae_title, port, folders[: args.senders]))
+                shutil.rmtree(work, ignore_errors=True)
+            results[name] = {
+                "one_sender_instances_per_s": args.slices / best_one,
+                "one_sender_mb_per_s": megabytes / best_one,
+                "concurrent_instances_per_s": args.slices * args.senders / best_many,
+                "concurrent_mb_per_s": megabytes * args.senders / best_many,
+            }
+            console.print(f"{name}: {results[name]['one_sender_instances_per_s']:.0f} instances/s")
+
+    ours = results["samie-node"]
+    table = Table(
+        title=f"Ingest: {args.slices} CT slices {args.size}x{args.size} 16-bit ({megabytes:.0f} MB), "
+        f"dcmtk storescu over loopback; {args.senders} concurrent senders in the right half"
+    )
+    for column in ("receiver", "inst/s", "MB/s", "samie-node is", f"inst/s x{args.senders}", f"MB/s x{args.senders}",
+                   "samie-node is"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        table.add_row(
+            name,
+            f"{r['one_sender_instances_per_s']:.0f}",
+            f"{r['one_sender_mb_per_s']:.1f}",
+            f"{ours['one_sender_instances_per_s'] / r['one_sender_instances_per_s']:.2f}x",
+            f"{r['concurrent_instances_per_s']:.0f}",
+            f"{r['concurrent_mb_per_s']:.1f}",
+            f"{ours['concurrent_instances_per_s'] / r['concurrent_instances_per_s']:.2f}x",
+        )
+    console.print(table)
+    targets = [
+        ("samie-node / pynetdicom storescp >= 2x", ours["one_sender_instances_per_s"]
+         / results["pynetdicom storescp"]["one_sender_instances_per_s"], 2.0),
+        ("samie-node / Orthanc >= 5x", ours["one_sender_instances_per_s"] / results["Orthanc"]["one_sender_instances_per_s"], 5.0),
+        ("samie-node / accept-and-discard >= 0.65", ours["one_sender_instances_per_s"]
+         / results["accept-and-discard"]["one_sender_instances_per_s"], 0.65),
+    ]
+    for label, value, target in targets:
+        console.print(f"{label}: {value:.2f} {'met' if value >= target else 'NOT met'}")
+    machine = f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
+    console.print(f"machine: {machine}")
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "ingest.json").write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
