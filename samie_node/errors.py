@@ -29,6 +29,10 @@ class UnsupportedImageError(InvalidInputError):
     """An image decodes badly or has a form the engine does not handle (photometric, size, syntax)."""
 
 
+class NoImagesError(InvalidInputError):
+    """A study has no instance the engine can process (all skipped by selection or undecodable)."""
+
+
 class SpoolError(SamieNodeError):
     """The durable store could not take or give back data (disk full, I/O error)."""
 

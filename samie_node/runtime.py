@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
+from samie_node.encode.templates import load_templates
+from samie_node.models import load_models
 from samie_node.node import Node
+from samie_node.send import Sender
 from samie_node.spool import Spool
+from samie_node.worker import Worker
+
+LOG = logging.getLogger("samie_node.runtime")
 
 
 def build_node(settings: Settings) -> Node:
-    """Open the spool and audit trail and build the node with its services."""
+    """Open the spool and audit trail, load the models and build the node with its worker and sender.
+
+    Models are loaded before the listener starts so that a wrong checkpoint stops ``serve`` with a clear
+    error instead of failing every study later.
+    """
+    templates = load_templates()
+    models = load_models(settings)
     spool = Spool(settings.node.data_dir, fsync=settings.node.fsync)
     audit = AuditLog(settings.audit_path if settings.audit.enabled else None)
-    return Node(settings, spool=spool, audit=audit, services=[])
+    if not settings.send.destinations and not settings.send.return_to_caller:
+        LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
+    worker = Worker(settings, spool, audit, models, templates)
+    sender = Sender(settings, spool, audit)
+    return Node(settings, spool=spool, audit=audit, services=[worker, sender])

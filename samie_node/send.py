@@ -10,18 +10,24 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import pydicom
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from samie_node.audit import AuditLog
 from samie_node.config import Peer, Settings
-from samie_node.errors import DeliveryError
+from samie_node.errors import ConfigError, DeliveryError
+from samie_node.spool import OutputRecord, Spool
 from samie_node.tls import client_context
 
 LOG = logging.getLogger("samie_node.send")
+
+_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -67,9 +73,7 @@ def associate(
     if not assoc.is_established:
         if assoc.is_rejected:
             result = getattr(assoc.acceptor.primitive, "result", None)
-            raise DeliveryError(
-                f"{peer.label} rejected the association (result {result})", transient=result != 0x01
-            )
+            raise DeliveryError(f"{peer.label} rejected the association (result {result})", transient=result != 0x01)
         raise DeliveryError(f"{peer.label} did not accept an association (down or aborted)", transient=True)
     try:
         if not assoc.accepted_contexts:
@@ -103,3 +107,168 @@ def echo(peer: Peer, *, calling_ae_title: str, timeout_s: float = 10.0) -> float
 def calling_ae_title(settings: Settings) -> str:
     """The AE title the node uses when it calls peers."""
     return settings.send.calling_ae_title or settings.node.ae_title
+
+
+#: C-STORE statuses (PS3.4 B.2.3 and PS3.7 C) after which a retry may succeed.
+def _is_transient(status: int) -> bool:
+    return 0xA700 <= status <= 0xA7FF or status in (0x0110, 0xFE00, 0x0213)
+
+
+def _is_success(status: int) -> bool:
+    return status == 0x0000 or status in (0xB000, 0xB006, 0xB007)
+
+
+class Sender:
+    """Delivers queued results (the outbox rows of the index) to their destinations.
+
+    One association per destination per round, proposing only the SOP classes of the outputs due and the
+    two uncompressed transfer syntaxes (the node writes Explicit VR Little Endian). Every C-STORE status is
+    checked: success and warnings mark the output sent; out-of-resources, processing failures, aborted
+    associations, refusals and timeouts are retried with exponential backoff up to a cap; anything else,
+    or too many attempts, marks it dead with the reason (``samie-node resend`` can re-queue it).
+
+    Parameters
+    ----------
+    settings
+        ``settings.send`` holds destinations, backoff and timeouts.
+    spool
+        The index holding the outbox.
+    audit
+        The audit trail.
+    clock
+        Wall clock for backoff times.
+    """
+
+    name = "sender"
+
+    def __init__(
+        self, settings: Settings, spool: Spool, audit: AuditLog, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._audit = audit
+        self._clock = clock
+        self._peers = {peer.label: peer for peer in settings.send.destinations}
+
+    def peer(self, destination: str) -> Peer:
+        """The configured peer for an outbox destination label (TLS and all), else one parsed from it."""
+        return self._peers.get(destination) or Peer.parse(destination)
+
+    def run_once(self) -> bool:
+        """Deliver what is due; True if anything was attempted."""
+        due = self._spool.due_outputs(limit=500)
+        if not due:
+            return False
+        by_destination: dict[str, list[OutputRecord]] = {}
+        for output in due:
+            by_destination.setdefault(output.destination, []).append(output)
+        for destination, outputs in by_destination.items():
+            self.deliver(destination, outputs)
+        return True
+
+    def deliver(self, destination: str, outputs: Sequence[OutputRecord]) -> DeliveryCounts:
+        """Send ``outputs`` to ``destination`` over one association and record each result."""
+        counts = DeliveryCounts()
+        try:
+            peer = self.peer(destination)
+        except ConfigError as exc:
+            for output in outputs:
+                self._failed(output, str(exc), transient=False, counts=counts)
+            return counts
+        contexts = [(uid, list(_TRANSFER_SYNTAXES)) for uid in sorted({o.sop_class_uid for o in outputs})]
+        started = time.monotonic()
+        pending = list(outputs)
+        try:
+            with associate(
+                peer,
+                contexts,
+                calling_ae_title=calling_ae_title(self._settings),
+                timeout_s=self._settings.send.timeout_s,
+            ) as assoc:
+                while pending:
+                    output = pending[0]
+                    try:
+                        dataset = pydicom.dcmread(output.path)
+                        if str(dataset.get("SOPInstanceUID", "")) != output.sop_instance_uid or (
+                            str(dataset.get("SOPClassUID", "")) != output.sop_class_uid
+                        ):
+                            raise ValueError("file does not hold the queued instance")
+                    except Exception as exc:  # a missing or damaged output file cannot get better by waiting
+                        pending.pop(0)
+                        self._failed(output, f"output file unusable ({type(exc).__name__}: {exc})"[:200], False, counts)
+                        continue
+                    response = assoc.send_c_store(dataset)
+                    status = int(response.Status) if response and "Status" in response else None
+                    if status is None:
+                        raise DeliveryError(f"{peer.label} gave no C-STORE response (timeout or abort)", transient=True)
+                    pending.pop(0)
+                    if _is_success(status):
+                        self._spool.mark_output_sent(output.id)
+                        counts.sent += 1
+                        if status != 0:
+                            LOG.warning(
+                                "sent with warning 0x%04X sop_instance_uid=%s to %s",
+                                status,
+                                output.sop_instance_uid,
+                                peer.label,
+                            )
+                    else:
+                        self._failed(
+                            output, f"{peer.label} answered C-STORE with 0x{status:04X}", _is_transient(status), counts
+                        )
+                    if not assoc.is_established:
+                        raise DeliveryError(f"{peer.label} closed the association", transient=True)
+        except DeliveryError as exc:
+            for output in pending:
+                self._failed(output, str(exc), exc.transient, counts)
+        LOG.info(
+            "delivery to %s: sent=%d retrying=%d dead=%d in %.0f ms",
+            destination,
+            counts.sent,
+            counts.retrying,
+            counts.dead,
+            (time.monotonic() - started) * 1000,
+        )
+        self._audit.record(
+            "results_sent",
+            destination=destination,
+            sent=counts.sent,
+            retrying=counts.retrying,
+            dead=counts.dead,
+            studies=sorted({o.study_instance_uid for o in outputs}),
+        )
+        return counts
+
+    def _failed(self, output: OutputRecord, reason: str, transient: bool, counts: DeliveryCounts) -> None:
+        send = self._settings.send
+        attempts = output.attempts + 1
+        retry_at = None
+        if transient and attempts < send.max_attempts:
+            retry_at = self._clock() + min(send.backoff_initial_s * 2 ** (attempts - 1), send.backoff_max_s)
+        state = self._spool.mark_output_failed(output.id, reason, retry_at=retry_at)
+        if state == "dead":
+            counts.dead += 1
+            LOG.error(
+                "output dead sop_instance_uid=%s destination=%s: %s",
+                output.sop_instance_uid,
+                output.destination,
+                reason,
+            )
+        else:
+            counts.retrying += 1
+            LOG.warning(
+                "output retrying sop_instance_uid=%s destination=%s attempt=%d: %s",
+                output.sop_instance_uid,
+                output.destination,
+                attempts,
+                reason,
+            )
+
+
+@dataclass
+class DeliveryCounts:
+    """What one delivery round did."""
+
+    sent: int = 0
+    retrying: int = 0
+    dead: int = 0

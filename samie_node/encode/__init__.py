@@ -1,0 +1,1 @@
+"""DICOM objects the node writes: Segmentation (seg), Structured Report (sr), Secondary Capture (sc)."""

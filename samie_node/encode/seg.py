@@ -1,0 +1,179 @@
+"""DICOM Segmentation objects (binary SEG) with highdicom, one per source series or multi-frame image.
+
+Each SEG references every source image and frame it covers, carries one segment per region class of
+``dicom_templates/segments.json`` (label, SNOMED/DCM category and type, recommended display colour,
+algorithm identification with name, version and weights hash) and keeps empty frames unless configured
+otherwise, so that viewers can align every frame and an empty result stays visible as such.
+
+What highdicom cannot express is handled deliberately: a multi-frame source without a Frame of
+Reference (cine ultrasound, for example) cannot be referenced by a SEG. :func:`plan_units` marks such a
+source ``seg_possible=False``; the pipeline then writes burned-in Secondary Capture overlays for it
+(:mod:`samie_node.encode.sc`) and says so in the log and the SR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from samie_node.encode.templates import Templates
+from samie_node.errors import EncodeError
+from samie_node.uids import derive_uid
+
+SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What made the masks; recorded in every SEG segment and in the SR."""
+
+    name: str
+    version: str
+    weights_sha256: str
+    classifier_sha256: str = ""
+
+    @property
+    def model_version(self) -> str:
+        """A short identity of the models, used in output UIDs (same models, same UIDs)."""
+        return f"{self.name}:{self.version}:{self.weights_sha256[:16]}:{self.classifier_sha256[:16] or 'none'}"
+
+
+@dataclass(frozen=True)
+class SegUnit:
+    """Source images that one SEG covers: a series of single-frame images of one size, or one multi-frame
+    image."""
+
+    key: str
+    sources: tuple[Dataset, ...]
+    seg_possible: bool
+
+    @property
+    def frame_keys(self) -> list[tuple[str, int]]:
+        """(SOP Instance UID, 1-based frame number) of every source frame, in SEG frame order."""
+        keys: list[tuple[str, int]] = []
+        for source in self.sources:
+            frames = int(source.get("NumberOfFrames", 1) or 1)
+            keys.extend((str(source.SOPInstanceUID), n) for n in range(1, frames + 1))
+        return keys
+
+
+def plan_units(sources: Sequence[Dataset]) -> list[SegUnit]:
+    """Group source image headers into the units a SEG can reference."""
+    singles: dict[tuple[str, int, int], list[Dataset]] = {}
+    units: list[SegUnit] = []
+    for source in sources:
+        frames = int(source.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            has_for = bool(source.get("FrameOfReferenceUID"))
+            units.append(SegUnit(str(source.SOPInstanceUID), (source,), seg_possible=has_for))
+            continue
+        key = (str(source.SeriesInstanceUID), int(source.Rows), int(source.Columns))
+        singles.setdefault(key, []).append(source)
+    for (series, rows, columns), group in singles.items():
+        group.sort(key=lambda ds: (int(ds.get("InstanceNumber") or 0), str(ds.SOPInstanceUID)))
+        # Without a frame of reference highdicom takes one single-frame image per SEG.
+        if all(ds.get("FrameOfReferenceUID") for ds in group):
+            units.append(SegUnit(f"{series}:{rows}x{columns}", tuple(group), seg_possible=True))
+        else:
+            units.extend(SegUnit(str(ds.SOPInstanceUID), (ds,), seg_possible=True) for ds in group)
+    return units
+
+
+def _segment_descriptions(
+    templates: Templates, algorithm: AlgorithmInfo, sop_instance_uid: str
+) -> list[hd.seg.SegmentDescription]:
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name[:64],
+        version=algorithm.version[:64],
+        family=templates.segments.algorithm_family.concept(),
+        parameters={"weights_sha256": algorithm.weights_sha256},
+    )
+    descriptions = []
+    for number, template in enumerate(templates.segments.segments, start=1):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=template.label,
+                segmented_property_category=template.category.concept(),
+                segmented_property_type=template.type.concept(),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=identification,
+                tracking_id=template.key,
+                tracking_uid=derive_uid(sop_instance_uid, "segment", template.key),
+                display_color=hd.color.CIELabColor.from_rgb(*template.display_rgb),
+            )
+        )
+    return descriptions
+
+
+def build_segmentation(
+    unit: SegUnit,
+    masks: Mapping[tuple[str, int], np.ndarray],
+    *,
+    templates: Templates,
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    manufacturer: str,
+    keep_empty_frames: bool,
+) -> hd.seg.Segmentation:
+    """Build the SEG for one unit.
+
+    Parameters
+    ----------
+    masks
+        For every (SOP Instance UID, frame number) of the unit, a boolean array (segments, rows, columns),
+        one plane per segment template, at the source image's resolution.
+
+    Raises
+    ------
+    EncodeError
+        If a frame has no mask or highdicom refuses the object.
+    """
+    if not unit.seg_possible:
+        raise EncodeError("a multi-frame source without a Frame of Reference cannot be referenced by a SEG")
+    n_segments = len(templates.segments.segments)
+    planes = []
+    for key in unit.frame_keys:
+        mask = masks.get(key)
+        if mask is None:
+            raise EncodeError(f"no mask for frame {key[1]} of {key[0]}")
+        if mask.ndim != 3 or mask.shape[0] != n_segments:
+            raise EncodeError(f"mask of shape {mask.shape} does not have {n_segments} segment planes")
+        planes.append(np.moveaxis(mask.astype(bool), 0, -1))
+    pixel_array = np.stack(planes)  # (frames, rows, columns, segments)
+    if n_segments == 1:
+        pixel_array = pixel_array[..., 0]
+    # An all-empty result keeps its frames even when empty frames are omitted: empty is reported, not hidden.
+    omit_empty = not keep_empty_frames and bool(pixel_array.any())
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(unit.sources),
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=_segment_descriptions(templates, algorithm, sop_instance_uid),
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=manufacturer[:64],
+            manufacturer_model_name=algorithm.name[:64],
+            software_versions=algorithm.version[:64],
+            device_serial_number=algorithm.weights_sha256[:16],
+            content_label=templates.segments.content_label,
+            content_description=templates.segments.content_description[:64],
+            series_description=templates.segments.series_description[:64],
+            omit_empty_frames=omit_empty,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodeError(f"highdicom refused the SEG: {exc}") from exc
+    if "FrameOfReferenceUID" not in seg:
+        # General Image: Patient Orientation is Type 2C when there is no frame of reference.
+        seg.PatientOrientation = unit.sources[0].get("PatientOrientation", "")
+    return seg

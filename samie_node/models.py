@@ -1,0 +1,57 @@
+"""The models the worker holds for its whole life: loaded once at start-up, on the configured device."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from samie_node import __version__
+from samie_node.classify import Classifier, load_classifier
+from samie_node.config import Settings
+from samie_node.encode.seg import AlgorithmInfo
+from samie_node.segment import Segmenter, load_segmenter
+from samie_node.torch_device import describe_device, select_device, select_precision
+
+LOG = logging.getLogger("samie_node.models")
+
+
+@dataclass(frozen=True)
+class Models:
+    """A segmenter, an optional classifier, and the identity both give to every output."""
+
+    segmenter: Segmenter
+    classifier: Classifier | None
+    algorithm: AlgorithmInfo
+    device: str
+
+
+def load_models(settings: Settings) -> Models:
+    """Load, warm up and describe the configured models.
+
+    Raises
+    ------
+    ModelError
+        If a checkpoint is missing, corrupt or does not match its architecture.
+    """
+    started = time.monotonic()
+    device = select_device(settings.engine)
+    precision = select_precision(settings.engine, device)
+    segmenter = load_segmenter(settings.segmenter, device, precision)
+    classifier = load_classifier(settings.classifier.checkpoint, device) if settings.classifier.checkpoint else None
+    algorithm = AlgorithmInfo(
+        name=f"samie-node SAM-IE {segmenter.name}",
+        version=f"samie-node {__version__}; {segmenter.name} {segmenter.version}",
+        weights_sha256=segmenter.weights_sha256,
+        classifier_sha256=classifier.sha256 if classifier is not None else "",
+    )
+    LOG.info(
+        "models ready in %.1f s: segmenter=%s weights_sha256=%s classifier=%s device=%s precision=%s",
+        time.monotonic() - started,
+        segmenter.name,
+        segmenter.weights_sha256[:16],
+        classifier.sha256[:16] if classifier is not None else "none",
+        describe_device(device),
+        precision or "fp32",
+    )
+    return Models(segmenter, classifier, algorithm, describe_device(device))
