@@ -342,6 +342,10 @@ class Receiver:
             event.assoc._samie_counted = False
             self._peers.release(self._peer_host(event))
 
+    def handle_store(self, event: evt.Event) -> int:
+        """The C-STORE handler, for associations the node opens itself (C-GET retrieval)."""
+        return self._on_store(event)
+
     def _on_echo(self, event: evt.Event) -> int:
         LOG.info("C-ECHO peer=%s@%s", str(event.assoc.requestor.ae_title).strip(), self._peer_host(event))
         return STATUS_SUCCESS

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pydicom
 from pynetdicom import AE, evt
@@ -43,6 +45,8 @@ def associate(
     *,
     calling_ae_title: str,
     timeout_s: float,
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[Any] | None = None,
 ) -> Iterator[Association]:
     """Open an association to ``peer`` proposing ``contexts`` (abstract syntax, transfer syntaxes).
 
@@ -66,7 +70,8 @@ def associate(
             peer.port,
             ae_title=peer.ae_title,
             tls_args=tls_args,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+            ext_neg=list(ext_neg) if ext_neg else None,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), *(evt_handlers or [])],
         )
     except OSError as exc:
         raise DeliveryError(f"cannot connect to {peer.label}: {exc}", transient=True) from exc
@@ -272,3 +277,23 @@ class DeliveryCounts:
     sent: int = 0
     retrying: int = 0
     dead: int = 0
+
+
+def store_files(peer: Peer, paths: Sequence[Path], *, calling_ae_title: str, timeout_s: float = 30.0) -> None:
+    """C-STORE files to ``peer`` over one association (offline processing with ``--destination``).
+
+    Raises
+    ------
+    DeliveryError
+        If the association fails or any file is not stored with success or a warning.
+    """
+    datasets = [pydicom.dcmread(path) for path in paths]
+    contexts = [(uid, list(_TRANSFER_SYNTAXES)) for uid in sorted({str(ds.SOPClassUID) for ds in datasets})]
+    with associate(peer, contexts, calling_ae_title=calling_ae_title, timeout_s=timeout_s) as assoc:
+        for dataset in datasets:
+            response = assoc.send_c_store(dataset)
+            status = int(response.Status) if response and "Status" in response else None
+            if status is None:
+                raise DeliveryError(f"{peer.label} gave no C-STORE response", transient=True)
+            if not _is_success(status):
+                raise DeliveryError(f"{peer.label} answered C-STORE with 0x{status:04X}", transient=_is_transient(status))

@@ -520,6 +520,39 @@ class Spool:
         rows = self._query(f"SELECT {self._OUTPUT_COLUMNS} FROM outputs {where} ORDER BY id", params)
         return [self._output_from_row(r) for r in rows]
 
+    def select_outputs(
+        self,
+        *,
+        study_instance_uids: Sequence[str] = (),
+        accession_numbers: Sequence[str] = (),
+        since: str | None = None,
+        states: Sequence[OutputState] = (),
+    ) -> list[OutputRecord]:
+        """Outputs matching every given filter (an empty filter matches all): study UIDs, accession numbers,
+        study date on or after ``since`` (YYYYMMDD), output states."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if study_instance_uids:
+            clauses.append(f"o.study_instance_uid IN ({','.join('?' * len(study_instance_uids))})")
+            params.extend(study_instance_uids)
+        if accession_numbers:
+            clauses.append(f"s.accession_number IN ({','.join('?' * len(accession_numbers))})")
+            params.extend(accession_numbers)
+        if since:
+            clauses.append("s.study_date >= ?")
+            params.append(since)
+        if states:
+            clauses.append(f"o.state IN ({','.join('?' * len(states))})")
+            params.extend(states)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns = ", ".join(f"o.{c.strip()}" for c in self._OUTPUT_COLUMNS.split(","))
+        rows = self._query(
+            f"SELECT {columns} FROM outputs o LEFT JOIN studies s ON s.study_instance_uid = o.study_instance_uid"
+            f" {where} ORDER BY o.id",
+            tuple(params),
+        )
+        return [self._output_from_row(r) for r in rows]
+
     def mark_output_sent(self, output_id: int) -> None:
         """Record a delivery that the peer acknowledged with Success (or a warning)."""
         now = self._clock()

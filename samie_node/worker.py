@@ -20,6 +20,7 @@ from samie_node.encode.templates import Templates
 from samie_node.errors import SamieNodeError
 from samie_node.models import Models
 from samie_node.pipeline import StudyResult, process_study
+from samie_node.previews import write_previews
 from samie_node.spool import Spool, StudyRecord
 
 LOG = logging.getLogger("samie_node.worker")
@@ -126,6 +127,7 @@ class Worker:
                     self._spool.add_output(
                         study.study_instance_uid, output.sop_class_uid, output.sop_instance_uid, path, peer.label
                     )
+        write_previews(result.previews, folder / "previews")
         if not destinations:
             LOG.warning(
                 "no destination configured: results of study_instance_uid=%s stay in %s",

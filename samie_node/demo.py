@@ -1,0 +1,185 @@
+"""``samie-node demo``: the whole product on loopback, for a newcomer, with no GPU and no network.
+
+It starts a small PACS (a pynetdicom Storage SCP that keeps what it receives), starts the node with that
+PACS as its destination, sends three generated studies (a CT series, an ultrasound image and an RGB
+photograph), waits for each study's SEG and SR to come back, and prints a table per study with the
+overlay PNGs the node wrote.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from rich.console import Console
+from rich.table import Table
+
+from samie_node.config import Peer, Settings, load_settings
+from samie_node.receive import configure_pynetdicom
+from samie_node.runtime import build_node
+from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image
+from samie_node.send import associate
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DemoPacs:
+    """A minimal PACS: stores every instance it receives under ``folder`` and notes when results arrive."""
+
+    port: int
+    folder: Path
+    arrivals: dict[str, dict[str, float]] = field(default_factory=dict)  # study -> {sop class: time}
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: Any = None
+
+    def _on_store(self, event: evt.Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        study = str(dataset.StudyInstanceUID)
+        path = self.folder / study / f"{dataset.SOPInstanceUID}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dataset.save_as(path, enforce_file_format=True)
+        with self._lock:
+            self.arrivals.setdefault(study, {})[str(dataset.SOPClassUID)] = time.monotonic()
+        return 0x0000
+
+    def start(self) -> DemoPacs:
+        ae = AE(ae_title="DEMO_PACS")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def returned(self, study: str) -> float | None:
+        """When both SEG (or an overlay) and SR of ``study`` had arrived, else None."""
+        with self._lock:
+            got = self.arrivals.get(study, {})
+            return max(got.values()) if SR_CLASS in got and len(got) >= 2 else None
+
+
+def _send(datasets: list[Dataset], node_port: int) -> float:
+    """C-STORE datasets to the node as the PACS would; returns the time of the last response."""
+    contexts = sorted({str(ds.SOPClassUID) for ds in datasets})
+    with associate(
+        _peer(node_port),
+        [(uid, ["1.2.840.10008.1.2.1"]) for uid in contexts],
+        calling_ae_title="DEMO_PACS",
+        timeout_s=30,
+    ) as assoc:
+        for dataset in datasets:
+            assoc.send_c_store(dataset)
+    return time.monotonic()
+
+
+def _peer(port: int) -> Peer:
+    return Peer(ae_title="SAMIE_NODE", host="127.0.0.1", port=port)
+
+
+def demo_settings(work: Path, node_port: int, pacs_port: int, quiet_period_s: float) -> Settings:
+    return load_settings(
+        None,
+        {
+            "node": {"host": "127.0.0.1", "port": node_port, "data_dir": str(work / "node")},
+            "limits": {"disk_floor_bytes": 0},
+            "study": {"quiet_period_s": quiet_period_s, "poll_interval_s": 0.2},
+            "send": {"destinations": [{"ae_title": "DEMO_PACS", "host": "127.0.0.1", "port": pacs_port}]},
+        },
+    )
+
+
+def run_demo(
+    console: Console,
+    *,
+    work_dir: Path | None = None,
+    quiet_period_s: float = 2.0,
+    timeout_s: float = 600.0,
+    log: Callable[[str], None] | None = None,
+) -> int:
+    """Run the demo; returns 0 when every study came back with its SEG and SR."""
+    configure_pynetdicom()
+    work = work_dir or Path(tempfile.mkdtemp(prefix="samie-demo-"))
+    say = log or console.print
+    pacs = DemoPacs(_free_port(), work / "pacs").start()
+    node_port = _free_port()
+    settings = demo_settings(work, node_port, pacs.port, quiet_period_s)
+    say(f"[bold]samie-node demo[/bold] in {work}")
+    say("loading the models (LiteMedSAM, embedded weights) ...")
+    node = build_node(settings)
+    node.start()
+    ct, _ = ct_series(slices=12, rows=256, columns=256, seed=5)
+    us, _ = ultrasound_image()
+    photo, _ = rgb_photograph()
+    studies = {"CT series": ct, "ultrasound": [us], "RGB photograph": [photo]}
+    sent_at: dict[str, float] = {}
+    try:
+        for name, datasets in studies.items():
+            sent_at[name] = _send(datasets, node_port)
+            say(f"sent {name}: {len(datasets)} instance(s) to SAMIE_NODE@127.0.0.1:{node_port}")
+        deadline = time.monotonic() + timeout_s
+        pending = set(studies)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                if pacs.returned(str(studies[name][0].StudyInstanceUID)) is not None:
+                    pending.discard(name)
+                    say(f"results back for {name}")
+            time.sleep(0.2)
+        table = Table(title="samie-node demo: results returned to the PACS")
+        for column in ("study", "modality", "images", "regions", "class (probability)", "latency after quiet"):
+            table.add_column(column)
+        previews: list[Path] = []
+        for name, datasets in studies.items():
+            uid = str(datasets[0].StudyInstanceUID)
+            record = node.spool.study(uid)
+            result = record.result if record is not None else {}
+            returned = pacs.returned(uid)
+            classification = result.get("classification", "")
+            if isinstance(classification, dict):
+                classification = f"{classification['class']} ({classification['probability']:.2f})"
+            latency = (
+                f"{max(0.0, returned - sent_at[name] - quiet_period_s):.1f} s (+{quiet_period_s:.0f} s quiet)"
+                if returned is not None
+                else "NOT RETURNED"
+            )
+            table.add_row(
+                name,
+                str(datasets[0].Modality),
+                str(result.get("images", 0)),
+                str(result.get("regions", 0)),
+                str(classification or "-"),
+                latency,
+            )
+            previews.extend(sorted((node.spool.outbox_dir / uid / "previews").glob("*.png"))[:2])
+        console.print(table)
+        console.print("overlay previews (not for diagnostic use):")
+        for path in previews:
+            console.print(f"  {path}")
+        console.print(f"results as the PACS received them: {pacs.folder}")
+        return 0 if not pending else 1
+    finally:
+        node.stop()
+        pacs.stop()
+
+
