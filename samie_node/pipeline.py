@@ -115,12 +115,13 @@ class _Timer:
 
 
 def read_candidates(paths: Sequence[Path]) -> tuple[list[Candidate], Counter[str]]:
-    """Read every file's header (no pixel data); unreadable files are counted, not fatal."""
+    """Read every file's header (pixel data deferred); unreadable files are counted, not fatal."""
     candidates: list[Candidate] = []
     unreadable: Counter[str] = Counter()
     for path in paths:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+            # Large values (pixel data) are deferred, not read: the header still shows that they exist.
+            header = pydicom.dcmread(path, defer_size=4096)
         except Exception as exc:  # any malformed file: counted with its error type, the rest carries on
             unreadable[f"unreadable file ({type(exc).__name__})"] += 1
             continue

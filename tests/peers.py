@@ -29,7 +29,10 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 
 def require_tool(name: str) -> str:
     """Path of an executable, or a loud failure naming the package that provides it."""
-    path = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK) else None)
+    venv_bin = str(Path(sys.executable).parent)  # console scripts of pip packages (dciodvfy) live here
+    path = shutil.which(name, path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")])) or (
+        name if os.path.isabs(name) and os.access(name, os.X_OK) else None
+    )
     if path is None:
         pytest.fail(f"{name} is not installed: run the README's test command (it installs dcmtk, orthanc, ...)")
     return path
