@@ -29,8 +29,11 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 
 def require_tool(name: str) -> str:
     """Path of an executable, or a loud failure naming the package that provides it."""
-    venv_bin = str(Path(sys.executable).parent)  # console scripts of pip packages (dciodvfy) live here
-    path = shutil.which(name, path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")])) or (
+    # System tools first: pynetdicom installs its own echoscu/storescu into the venv, which must not shadow
+    # dcmtk's. Console scripts of pip packages (dciodvfy) are found in the venv after that.
+    venv_bin = str(Path(sys.executable).parent)
+    system = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != Path(venv_bin).resolve()]
+    path = shutil.which(name, path=os.pathsep.join([*system, venv_bin])) or (
         name if os.path.isabs(name) and os.access(name, os.X_OK) else None
     )
     if path is None:
@@ -184,7 +187,8 @@ class Orthanc:
     """A real Orthanc PACS on loopback ports with a temporary configuration."""
 
     def __init__(self, tmp: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 plugins: list[str] | None = None, ae_title: str = "ORTHANC") -> None:
+                 plugins: list[str] | None = None, ae_title: str = "ORTHANC",
+                 extra_config: dict[str, Any] | None = None) -> None:
         require_tool(ORTHANC_BINARY)
         self.tmp = tmp
         self.http_port = free_port()
@@ -209,6 +213,7 @@ class Orthanc:
             "Plugins": plugins or [],
             "StableAge": 1,
             "HttpTimeout": 60,
+            **(extra_config or {}),
         }
         self.config_path = tmp / "orthanc.json"
         self.config_path.write_text(json.dumps(config), encoding="utf-8")
