@@ -20,6 +20,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
 )
 
 from samie_node.uids import derive_uid
@@ -165,6 +166,36 @@ def ultrasound_image(rows: int = 480, columns: int = 640, *, seed: int = 1) -> t
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = np.clip(image, 0, 255).astype(np.uint8).tobytes()
+    return ds, lesion
+
+
+def ultrasound_cine(frames: int = 3, rows: int = 120, columns: int = 160, *, seed: int = 3) -> tuple[Dataset, Lesion]:
+    """A multi-frame greyscale ultrasound (a short cine loop) without a frame of reference, as scanners send
+    them; a SEG cannot reference such an image (the node writes overlays instead)."""
+    rng = np.random.default_rng(seed)
+    study = derive_uid("sample-us-cine-study", str(seed))
+    series = derive_uid(study, "series")
+    ds = _base(UltrasoundMultiFrameImageStorage, derive_uid(series, "0"), study, series, "US")
+    lesion = Lesion(rows * 0.5, columns * 0.5, min(rows, columns) * 0.15)
+    cine = np.empty((frames, rows, columns), np.uint8)
+    for index in range(frames):
+        image = 60 * _speckle(rng, rows, columns) + 30
+        image[lesion.mask(rows, columns)] += 140
+        cine[index] = np.clip(image, 0, 255).astype(np.uint8)
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = frames
+    ds.FrameTime = 40.0
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = cine.tobytes()
     return ds, lesion
 
 

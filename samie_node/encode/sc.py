@@ -30,6 +30,18 @@ def burn_outline(image: np.ndarray, mask: np.ndarray, caption: str, rgb: tuple[i
     return canvas
 
 
+def _orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation when it has two valid values, else None."""
+    value = source.get("PatientOrientation")
+    if not value or len(value) != 2:
+        return None
+    try:
+        row, column = (hd.PatientOrientationValuesBiped(str(v)).value for v in value)
+    except ValueError:
+        return None
+    return row, column
+
+
 def build_overlay(
     source: Dataset,
     overlay: np.ndarray,
@@ -60,11 +72,17 @@ def build_overlay(
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
             manufacturer=manufacturer[:64],
-            patient_orientation=("", ""),
+            patient_orientation=_orientation(source) or ("L", "F"),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"highdicom refused the secondary capture: {exc}") from exc
+    if _orientation(source) is None:
+        # highdicom insists on an orientation; the truth is that none is known, which General Image
+        # (Type 2) says with an empty value.
+        sc.PatientOrientation = ""
     sc.BurnedInAnnotation = "YES"
+    if "Laterality" not in sc:  # General Series, Type 2C: copied from the source, empty when unknown
+        sc.Laterality = source.get("Laterality", "")
     sc.SeriesDescription = series_description[:64]
     sc.ImageComments = "NOT FOR DIAGNOSTIC USE"
     return sc
