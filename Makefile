@@ -38,3 +38,9 @@ lint:
 bench: install-test
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/inference.py
+
+# The radiologist's view on this machine: Orthanc (DICOMweb), samie-node and the OHIF viewer with the
+# demo studies; prints the viewer's URL and runs until Ctrl-C (scripts/viewer-demo --help for options).
+.PHONY: viewer
+viewer: peers install-test
+	./scripts/viewer-demo

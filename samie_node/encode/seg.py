@@ -9,11 +9,17 @@ What highdicom cannot express is handled deliberately: a multi-frame source with
 Reference (cine ultrasound, for example) cannot be referenced by a SEG. :func:`plan_units` marks such a
 source ``seg_possible=False``; the pipeline then writes burned-in Secondary Capture overlays for it
 (:mod:`samie_node.encode.sc`) and says so in the log and the SR.
+
+A SEG on a single-frame source without a Frame of Reference (ultrasound, photographs, secondary
+captures) gets the Plane Orientation (Patient) and Pixel Measures functional groups that highdicom
+leaves out there (PS3.3 allows them when there is no Frame of Reference; dciodvfy stays clean). The
+OHIF viewer (3.13, cornerstone3D's SEG adapter) reads both unconditionally and cannot show the SEG
+without them: see :func:`add_viewer_geometry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -176,4 +182,72 @@ def build_segmentation(
     if "FrameOfReferenceUID" not in seg:
         # General Image: Patient Orientation is Type 2C when there is no frame of reference.
         seg.PatientOrientation = unit.sources[0].get("PatientOrientation", "")
+        add_viewer_geometry(seg, unit.sources[0])
     return seg
+
+
+#: The in-plane orientation of an image that has none: rows run along the first axis, columns along the
+#: second. It relates the SEG's pixel grid to its source's (which is identical), not to the patient.
+IDENTITY_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+#: Written as Pixel Spacing (mm) and Slice Thickness (mm) when the source image has none; flagged as
+#: nominal in Image Comments.
+NOMINAL_PIXEL_SPACING = (1.0, 1.0)
+NOMINAL_SLICE_THICKNESS = 1.0
+
+
+def add_viewer_geometry(seg: Dataset, source: Dataset) -> None:
+    """Give a SEG without a Frame of Reference the shared geometry functional groups viewers read.
+
+    OHIF 3.13 reads ``SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]`` in its SEG viewport
+    (``_getReferencedDisplaySetMetadata``: "Cannot destructure property 'SpacingBetweenSlices' of
+    'PixelMeasures'") and the Plane Orientation's Image Orientation (Patient) in cornerstone3D's SEG
+    adapter (``checkOrientation``, ``insertPixelDataPlanar``); without them it shows nothing. PS3.3
+    permits both functional groups when the Frame of Reference is absent, so the SEG stays valid.
+
+    The orientation is the identity (the SEG's frames lie on their source images' pixel grid, which
+    cornerstone also assumes for a source without orientation). Pixel Spacing and Slice Thickness are
+    the source's where it has them, otherwise nominal (1 mm), and Image Comments says which are nominal:
+    an empty Pixel Measures item would be valid, but Orthanc's DICOMweb JSON drops empty items (so the
+    viewer still would not see one), and highdicom reads a Pixel Measures item only with both
+    attributes. The SR's areas come from the source images' own spacing, never from a nominal value.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = list(IDENTITY_ORIENTATION)
+        shared.PlaneOrientationSequence = [orientation]
+    # highdicom writes Pixel Measures without a frame of reference only when the source has Pixel
+    # Spacing, and then without Slice Thickness: complete what is there.
+    measures = shared.PixelMeasuresSequence[0] if shared.get("PixelMeasuresSequence") else Dataset()
+    nominal = []
+    if "PixelSpacing" not in measures:
+        spacing = _positive_numbers(source.get("PixelSpacing"), 2)
+        if spacing is None:
+            spacing = list(NOMINAL_PIXEL_SPACING)
+            nominal.append("Pixel Spacing")
+        measures.PixelSpacing = spacing
+    if "SliceThickness" not in measures:
+        thickness = _positive_numbers(source.get("SliceThickness"), 1)
+        if thickness is None:
+            thickness = [NOMINAL_SLICE_THICKNESS]
+            nominal.append("Slice Thickness")
+        measures.SliceThickness = thickness[0]
+    shared.PixelMeasuresSequence = [measures]
+    if nominal:
+        seg.ImageComments = (
+            f"{' and '.join(nominal)} in the Pixel Measures functional group "
+            f"{'are' if len(nominal) > 1 else 'is'} nominal (1 mm): the source image has none."
+        )
+
+
+def _positive_numbers(value: object, count: int) -> list[float] | None:
+    """``value`` as ``count`` positive numbers, or None when it is absent or unusable."""
+    if value is None or isinstance(value, str | bytes):  # absent, or empty ("")
+        return None
+    values = list(value) if isinstance(value, Iterable) else [value]
+    try:
+        numbers = [float(str(v)) for v in values]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count and all(n > 0 for n in numbers) else None

@@ -7,7 +7,16 @@ The report references the source images (image library and evidence) and the SEG
   statement that no classification was made;
 - one region group per SEG segment (TID 1411) that references the
   segment and measures its area (mm2 where pixel spacing is known, pixels otherwise), the number of
-  connected regions and the number of images with a region; an empty result says so in a coded finding.
+  connected regions and the number of images with a region; an empty result says so in a coded finding;
+- for each segment with a region, an outline group (TID 1410) with the same tracking identifier and
+  tracking UID (the same finding): the outline of the largest region on the image where the segment is
+  largest, as a SCOORD polyline on that source image.
+
+The outline group is for viewers. OHIF (3.13) shows a TID 1500 report only through measurements that
+have image coordinates: it merges groups by Tracking Unique Identifier, so the region finding becomes
+one measurement with the outline drawn on its key image and the region group's numbers as its labels.
+Region groups come first so that the report opens on that key image; the classification group (TID
+1501) has no image coordinates, which OHIF cannot display (see the README's viewer section).
 
 Each group names the algorithm, its version and the hashes of its weights and classifier checkpoint.
 Codes and wording come from ``dicom_templates/report.json``.
@@ -17,10 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import cv2
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pixel_array
 from pydicom.sr.codedict import codes
 
 from samie_node.encode.seg import AlgorithmInfo
@@ -148,11 +160,8 @@ def _region_group(
                 name=templates.report.classification.evaluation_name.concept(), value=template.empty_result.concept()
             )
         ]
-    tracking = hd.sr.TrackingIdentifier(
-        uid=derive_uid(str(seg.SOPInstanceUID), "segment", str(summary.segment_number)),
-        identifier=f"{template.tracking_identifier} {summary.segment_number}",
-    )
-    common = {
+    tracking = _region_tracking(template.tracking_identifier, summary)
+    common: dict[str, Any] = {
         "tracking_identifier": tracking,
         "finding_type": template.finding_type.concept(),
         "algorithm_id": _algorithm_id(algorithm),
@@ -184,6 +193,88 @@ def _region_group(
             source_series=hd.sr.SourceSeriesForSegmentation(str(referenced_series.SeriesInstanceUID)),
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=referenced_segment, **common)
+
+
+@dataclass(frozen=True)
+class RegionOutline:
+    """The outline of one region on one source frame, in SCOORD image coordinates.
+
+    ``points`` is a closed polyline of (column, row) pairs where (0, 0) is the top left corner of the
+    top left pixel (PS3.3 C.18.6.1.1), so a pixel's centre is at +0.5.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None
+    points: np.ndarray
+
+
+def region_outline(segmentation: Dataset, segment_number: int) -> RegionOutline | None:
+    """The outline of the largest region on the source frame where ``segment_number`` is largest.
+
+    Reads the SEG's own frames (one at a time) and their Derivation Image references, so it describes
+    exactly what the SEG holds. Returns None when the segment is empty.
+    """
+    best: tuple[int, int, Dataset] | None = None  # (area, SEG frame index, source image reference)
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    for index, group in enumerate(segmentation.PerFrameFunctionalGroupsSequence):
+        identification = group.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        if not identification or int(identification[0].ReferencedSegmentNumber) != segment_number:
+            continue
+        derivation = group.get("DerivationImageSequence")
+        if not derivation or not derivation[0].get("SourceImageSequence"):
+            continue
+        area = int(np.count_nonzero(pixel_array(segmentation, index=index)))
+        if area and (best is None or area > best[0]):
+            best = (area, index, derivation[0].SourceImageSequence[0])
+    if best is None:
+        return None
+    _, index, source = best
+    mask = (pixel_array(segmentation, index=index) > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))[:, 0, :].astype(float)
+    if len(contour) < 3:  # a one-pixel or one-line region: its bounding box, on the pixel edges
+        x, y, width, height = cv2.boundingRect(contour.astype(np.int32))
+        points = np.array([[x, y], [x + width, y], [x + width, y + height], [x, y + height]], dtype=float)
+    else:
+        points = contour + 0.5
+    points = np.vstack([points, points[:1]])  # closed polyline: the last point repeats the first
+    frame = source.get("ReferencedFrameNumber")
+    return RegionOutline(
+        sop_class_uid=str(source.ReferencedSOPClassUID),
+        sop_instance_uid=str(source.ReferencedSOPInstanceUID),
+        frame_number=int(frame) if frame is not None else None,
+        points=points,
+    )
+
+
+def _outline_group(
+    templates: Templates, algorithm: AlgorithmInfo, summary: SegmentSummary, outline: RegionOutline
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    template = templates.report.regions
+    source_image = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=outline.sop_class_uid,
+        referenced_sop_instance_uid=outline.sop_instance_uid,
+        referenced_frame_numbers=[outline.frame_number] if outline.frame_number is not None else None,
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_region_tracking(template.tracking_identifier, summary),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=outline.points,
+            source_image=source_image,
+        ),
+        finding_type=template.finding_type.concept(),
+        algorithm_id=_algorithm_id(algorithm),
+    )
+
+
+def _region_tracking(identifier: str, summary: SegmentSummary) -> hd.sr.TrackingIdentifier:
+    """One finding per SEG segment: its region group and its outline group share this identity."""
+    return hd.sr.TrackingIdentifier(
+        uid=derive_uid(str(summary.segmentation.SOPInstanceUID), "segment", str(summary.segment_number)),
+        identifier=f"{identifier} {summary.segment_number}",
+    )
 
 
 def build_report(
@@ -230,8 +321,13 @@ def build_report(
         )
     )
     try:
-        groups: list[object] = [_classification_group(templates, algorithm, classification, study_instance_uid)]
-        groups.extend(_region_group(templates, algorithm, summary) for summary in segments)
+        groups: list[object] = []
+        for summary in segments:
+            groups.append(_region_group(templates, algorithm, summary))
+            outline = region_outline(summary.segmentation, summary.segment_number) if summary.regions else None
+            if outline is not None:
+                groups.append(_outline_group(templates, algorithm, summary, outline))
+        groups.append(_classification_group(templates, algorithm, classification, study_instance_uid))
         report = hd.sr.MeasurementReport(
             observation_context=observation_context,
             procedure_reported=templates.report.procedure_reported.concept(),
