@@ -179,11 +179,34 @@ def build_segmentation(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"highdicom refused the SEG: {exc}") from exc
+    source = unit.sources[0]
     if "FrameOfReferenceUID" not in seg:
         # General Image: Patient Orientation is Type 2C when there is no frame of reference.
-        seg.PatientOrientation = unit.sources[0].get("PatientOrientation", "")
-        add_viewer_geometry(seg, unit.sources[0])
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+        add_viewer_geometry(seg, source)
+    else:
+        complete_geometry(seg, source)
     return seg
+
+
+def complete_geometry(seg: Dataset, source: Dataset) -> None:
+    """Fill what highdicom leaves out for a source with a Frame of Reference but partial geometry.
+
+    Some sources (nuclear medicine, secondary captures with a frame of reference) carry Pixel Spacing
+    but no Slice Thickness, or no Image Orientation (Patient). highdicom then writes a Pixel Measures
+    item without Slice Thickness (Type 1C, and highdicom itself cannot read such a SEG back) and no
+    orientation. Slice Thickness comes from the source (or its Spacing Between Slices), else is nominal
+    and said so; without any orientation, Patient Orientation (Type 2C) is copied from the source.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    nominal = _complete_pixel_measures(shared, source, need_spacing=False)
+    per_frame = seg.get("PerFrameFunctionalGroupsSequence") or []
+    has_orientation = "PlaneOrientationSequence" in shared or any(
+        "PlaneOrientationSequence" in item for item in per_frame
+    )
+    if not has_orientation and "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    _note_nominal(seg, nominal)
 
 
 #: The in-plane orientation of an image that has none: rows run along the first axis, columns along the
@@ -217,8 +240,17 @@ def add_viewer_geometry(seg: Dataset, source: Dataset) -> None:
         orientation = Dataset()
         orientation.ImageOrientationPatient = list(IDENTITY_ORIENTATION)
         shared.PlaneOrientationSequence = [orientation]
-    # highdicom writes Pixel Measures without a frame of reference only when the source has Pixel
-    # Spacing, and then without Slice Thickness: complete what is there.
+    _note_nominal(seg, _complete_pixel_measures(shared, source, need_spacing=True))
+
+
+def _complete_pixel_measures(shared: Dataset, source: Dataset, *, need_spacing: bool) -> list[str]:
+    """Complete (or, with ``need_spacing``, create) the shared Pixel Measures item; returns what is nominal.
+
+    highdicom writes Pixel Measures only when the source has Pixel Spacing, and then without Slice
+    Thickness when the source has none.
+    """
+    if not shared.get("PixelMeasuresSequence") and not need_spacing:
+        return []
     measures = shared.PixelMeasuresSequence[0] if shared.get("PixelMeasuresSequence") else Dataset()
     nominal = []
     if "PixelSpacing" not in measures:
@@ -228,12 +260,18 @@ def add_viewer_geometry(seg: Dataset, source: Dataset) -> None:
             nominal.append("Pixel Spacing")
         measures.PixelSpacing = spacing
     if "SliceThickness" not in measures:
-        thickness = _positive_numbers(source.get("SliceThickness"), 1)
+        thickness = _positive_numbers(source.get("SliceThickness"), 1) or _positive_numbers(
+            source.get("SpacingBetweenSlices"), 1
+        )
         if thickness is None:
             thickness = [NOMINAL_SLICE_THICKNESS]
             nominal.append("Slice Thickness")
         measures.SliceThickness = thickness[0]
     shared.PixelMeasuresSequence = [measures]
+    return nominal
+
+
+def _note_nominal(seg: Dataset, nominal: list[str]) -> None:
     if nominal:
         seg.ImageComments = (
             f"{' and '.join(nominal)} in the Pixel Measures functional group "
