@@ -63,9 +63,19 @@ def rest(port: int, method: str, path: str, body: bytes | None = None) -> Any:
 
 
 def results_in_orthanc(http_port: int, study_uid: str) -> bool:
-    found = rest(http_port, "POST", "/tools/find", json.dumps(
-        {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "RequestedTags": ["SOPClassUID"],
-         "Expand": True}).encode())
+    found = rest(
+        http_port,
+        "POST",
+        "/tools/find",
+        json.dumps(
+            {
+                "Level": "Instance",
+                "Query": {"StudyInstanceUID": study_uid},
+                "RequestedTags": ["SOPClassUID"],
+                "Expand": True,
+            }
+        ).encode(),
+    )
     classes = {item.get("RequestedTags", {}).get("SOPClassUID") for item in found}
     return SEG in classes and SR in classes
 
@@ -95,18 +105,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="samie-e2e-", dir=REPO / "bench") as tmp:
         root = Path(tmp)
         http_port, dicom_port, node_port = free_port(), free_port(), free_port()
-        (root / "orthanc.json").write_text(json.dumps({
-            "StorageDirectory": str(root / "orthanc"), "IndexDirectory": str(root / "orthanc"),
-            "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-            "DicomCheckCalledAet": False, "Plugins": []}))
+        (root / "orthanc.json").write_text(
+            json.dumps(
+                {
+                    "StorageDirectory": str(root / "orthanc"),
+                    "IndexDirectory": str(root / "orthanc"),
+                    "HttpPort": http_port,
+                    "DicomPort": dicom_port,
+                    "DicomAet": "ORTHANC",
+                    "RemoteAccessAllowed": False,
+                    "DicomCheckCalledAet": False,
+                    "Plugins": [],
+                }
+            )
+        )
         (root / "node.toml").write_text(
             f'[node]\nhost = "127.0.0.1"\nport = {node_port}\ndata_dir = "{root / "data"}"\n'
             f"[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = {args.quiet}\npoll_interval_s = 0.1\n"
-            f'[[send.destinations]]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {dicom_port}\n')
-        orthanc = subprocess.Popen(["/usr/sbin/Orthanc", str(root / "orthanc.json")], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        node = subprocess.Popen([sys.executable, "-m", "samie_node", "serve", "--config", str(root / "node.toml")],
-                                stdout=(root / "node.log").open("wb"), stderr=subprocess.STDOUT)
+            f'[[send.destinations]]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
+        )
+        orthanc = subprocess.Popen(
+            ["/usr/sbin/Orthanc", str(root / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        node = subprocess.Popen(
+            [sys.executable, "-m", "samie_node", "serve", "--config", str(root / "node.toml")],
+            stdout=(root / "node.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_port(http_port)
             wait_port(node_port)
@@ -118,17 +143,28 @@ def main() -> None:
                 folder = root / name.replace(" ", "_").replace(",", "")
                 write_datasets(datasets, folder)
                 study_uid = str(datasets[0].StudyInstanceUID)
-                subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node_port), "+sd", str(folder)],
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node_port), "+sd", str(folder)],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 last_store = time.monotonic()
                 while not results_in_orthanc(http_port, study_uid):
                     if node.poll() is not None:
                         raise SystemExit("node exited: see " + str(root / "node.log"))
                     time.sleep(0.1)
                 total = time.monotonic() - last_store
-                rows.append({"study": name, "images": len(datasets), "total_s": total,
-                             "after_quiet_s": total - args.quiet, "per_image_s": (total - args.quiet) / len(datasets),
-                             "node_peak_rss_mb": rss_peak_kb(node.pid) / 1024})
+                rows.append(
+                    {
+                        "study": name,
+                        "images": len(datasets),
+                        "total_s": total,
+                        "after_quiet_s": total - args.quiet,
+                        "per_image_s": (total - args.quiet) / len(datasets),
+                        "node_peak_rss_mb": rss_peak_kb(node.pid) / 1024,
+                    }
+                )
                 console.print(f"{name}: {total:.1f} s")
         finally:
             node.terminate()
@@ -139,8 +175,14 @@ def main() -> None:
     for column in ("study", "images", "total s", "after quiet s", "s per image", "node peak RSS MB"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r["study"], str(r["images"]), f"{r['total_s']:.1f}", f"{r['after_quiet_s']:.1f}",
-                      f"{r['per_image_s']:.2f}", f"{r['node_peak_rss_mb']:.0f}")
+        table.add_row(
+            r["study"],
+            str(r["images"]),
+            f"{r['total_s']:.1f}",
+            f"{r['after_quiet_s']:.1f}",
+            f"{r['per_image_s']:.2f}",
+            f"{r['node_peak_rss_mb']:.0f}",
+        )
     console.print(table)
     machine = f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}"
     console.print(f"machine: {machine}; peak RSS is the process high-water mark so far (it includes earlier rows)")

@@ -77,8 +77,9 @@ class Pacs:
         ae = AE(ae_title="SOAKPACS")
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def down(self) -> None:
         if self.server is not None:
@@ -92,8 +93,11 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "samie_node", "serve", "--config", str(self.config)],
-                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "samie_node", "serve", "--config", str(self.config)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         wait_port(self.port)
 
     def kill9(self) -> None:
@@ -118,8 +122,12 @@ class Node:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def status(self) -> list[dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "samie_node", "status", "--config", str(self.config), "--json"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "samie_node", "status", "--config", str(self.config), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return list(json.loads(out.stdout))
 
 
@@ -147,7 +155,8 @@ def main() -> None:
             f'[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{root / "data"}"\n'
             "[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = 2.0\npoll_interval_s = 0.2\n"
             "[send]\nbackoff_initial_s = 1.0\nbackoff_max_s = 10.0\nmax_attempts = 1000\n"
-            f'[[send.destinations]]\nae_title = "SOAKPACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n')
+            f'[[send.destinations]]\nae_title = "SOAKPACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n'
+        )
         node = Node(config, root / "node.log", port)
         node.start()
         time.sleep(5)
@@ -159,12 +168,22 @@ def main() -> None:
             while not stop.is_set():
                 seed += 1
                 kind = rng.choice(["us", "ct", "photo"])
-                datasets = (ct_series(3, 96, 96, seed=seed)[0] if kind == "ct" else
-                            [ultrasound_image(96, 128, seed=seed)[0] if kind == "us" else rgb_photograph(96, 96, seed=seed)[0]])
+                datasets = (
+                    ct_series(3, 96, 96, seed=seed)[0]
+                    if kind == "ct"
+                    else [
+                        ultrasound_image(96, 128, seed=seed)[0]
+                        if kind == "us"
+                        else rgb_photograph(96, 96, seed=seed)[0]
+                    ]
+                )
                 try:
-                    with associate(Peer(ae_title="SAMIE_NODE", host="127.0.0.1", port=port),
-                                   [(str(datasets[0].SOPClassUID), ["1.2.840.10008.1.2.1"])],
-                                   calling_ae_title=f"SOAK{index}", timeout_s=30) as assoc:
+                    with associate(
+                        Peer(ae_title="SAMIE_NODE", host="127.0.0.1", port=port),
+                        [(str(datasets[0].SOPClassUID), ["1.2.840.10008.1.2.1"])],
+                        calling_ae_title=f"SOAK{index}",
+                        timeout_s=30,
+                    ) as assoc:
                         for ds in datasets:
                             status = assoc.send_c_store(ds)
                             if status and status.get("Status") == 0:
@@ -220,8 +239,10 @@ def main() -> None:
     lost_instances = len(acknowledged) - instances_indexed
     lost_studies = len([u for u in studies if indexed.get(u, {}).get("state") != "done"])
     lost_results = len({o["sop_instance_uid"] for o in outputs} - pacs.uids)
-    table = Table(title=f"Soak: {args.minutes:g} min, {args.senders} senders, faults every {args.fault_every:g} s "
-                        f"({', '.join(injected) or 'none'})")
+    table = Table(
+        title=f"Soak: {args.minutes:g} min, {args.senders} senders, faults every {args.fault_every:g} s "
+        f"({', '.join(injected) or 'none'})"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     for label, value in [
@@ -239,8 +260,16 @@ def main() -> None:
     console.print(table)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "soak.json").write_text(json.dumps({"args": vars(args), "lost": lost_instances + lost_studies + lost_results,
-                                               "acknowledged": len(acknowledged), "delivered": len(delivered)}))
+    (out / "soak.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "lost": lost_instances + lost_studies + lost_results,
+                "acknowledged": len(acknowledged),
+                "delivered": len(delivered),
+            }
+        )
+    )
     if lost_instances + lost_studies + lost_results:
         raise SystemExit(1)
 

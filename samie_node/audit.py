@@ -47,9 +47,7 @@ class AuditLog:
         bad = _PHI_KEYS.intersection(fields)
         if bad:
             raise ValueError(f"audit fields must not carry PHI: {sorted(bad)}")
-        line = json.dumps(
-            {"time": round(self._clock(), 3), "event": event, **fields}, sort_keys=True, default=str
-        )
+        line = json.dumps({"time": round(self._clock(), 3), "event": event, **fields}, sort_keys=True, default=str)
         with self._lock:
             try:
                 os.write(self._fd, (line + "\n").encode("utf-8"))

@@ -133,29 +133,54 @@ def _process_one(
         except (OSError, json.JSONDecodeError):
             previous = {}
         if previous.get("model_version") == model_version:
-            return StudyOutcome(study_uid, "skipped", len(files), previous.get("outputs", []),
-                                previous.get("previews", []), previous.get("summary", {}))
+            return StudyOutcome(
+                study_uid,
+                "skipped",
+                len(files),
+                previous.get("outputs", []),
+                previous.get("previews", []),
+                previous.get("summary", {}),
+            )
     try:
-        result = process_study(files, models, templates, settings,
-                               overlays_for_destinations=bool(destination and destination.secondary_capture))
+        result = process_study(
+            files,
+            models,
+            templates,
+            settings,
+            overlays_for_destinations=bool(destination and destination.secondary_capture),
+        )
         written, previews = write_result(result, folder)
     except SamieNodeError as exc:
         LOG.warning("study failed study_instance_uid=%s: %s", study_uid, exc)
         return StudyOutcome(study_uid, "failed", len(files), error=str(exc))
-    outcome = StudyOutcome(study_uid, "done", len(files), [str(p) for p in written], [str(p) for p in previews],
-                           json.loads(json.dumps(result.summary, default=str)))
+    outcome = StudyOutcome(
+        study_uid,
+        "done",
+        len(files),
+        [str(p) for p in written],
+        [str(p) for p in previews],
+        json.loads(json.dumps(result.summary, default=str)),
+    )
     if destination is not None:
         try:
-            to_send = [p for p, o in zip(written, result.outputs, strict=True)
-                       if o.for_all_destinations or destination.secondary_capture]
-            store_files(destination, to_send, calling_ae_title=calling_ae_title(settings),
-                        timeout_s=settings.send.timeout_s)
+            to_send = [
+                p
+                for p, o in zip(written, result.outputs, strict=True)
+                if o.for_all_destinations or destination.secondary_capture
+            ]
+            store_files(
+                destination, to_send, calling_ae_title=calling_ae_title(settings), timeout_s=settings.send.timeout_s
+            )
             outcome.sent = True
         except SamieNodeError as exc:
             outcome.sent = False
             outcome.error = str(exc)
     if outcome.sent is not False:
-        record = {"model_version": model_version, "outputs": outcome.outputs, "previews": outcome.previews,
-                  "summary": outcome.summary}
+        record = {
+            "model_version": model_version,
+            "outputs": outcome.outputs,
+            "previews": outcome.previews,
+            "summary": outcome.summary,
+        }
         _write_atomically(marker, json.dumps(record, indent=2).encode("utf-8"))
     return outcome

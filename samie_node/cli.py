@@ -29,9 +29,7 @@ app = typer.Typer(
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (see config/samie-node.toml).")
 ]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Folder holding the spool, outbox and index.")
-]
+DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the spool, outbox and index.")]
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -130,7 +128,7 @@ def status(
         spool = Spool(settings.node.data_dir, fsync=False)
     except SamieNodeError as exc:
         raise _fail(str(exc)) from exc
-    studies = []
+    studies: list[dict[str, Any]] = []
     for study in spool.studies():
         studies.append(
             {
@@ -226,19 +224,27 @@ def resend(
         for column in ("Study Instance UID", "SOP Instance UID", "to", "state"):
             table.add_column(column)
         for output in outputs:
-            table.add_row(output.study_instance_uid, output.sop_instance_uid, target.label if target else
-                          output.destination, output.state)
+            table.add_row(
+                output.study_instance_uid,
+                output.sop_instance_uid,
+                target.label if target else output.destination,
+                output.state,
+            )
         console.print(table)
         return
     audit = AuditLog(settings.audit_path if settings.audit.enabled else None)
     with Progress(console=console) as progress:
         task = progress.add_task("re-sending", total=len(outputs))
         summary = run_resend(
-            spool, Sender(settings, spool, audit), outputs, to=target,
+            spool,
+            Sender(settings, spool, audit),
+            outputs,
+            to=target,
             progress=lambda n: progress.advance(task, n),
         )
-    console.print(_summary_table("resend", [("sent", summary.sent), ("failed", summary.failed),
-                                            ("skipped", summary.skipped)]))
+    console.print(
+        _summary_table("resend", [("sent", summary.sent), ("failed", summary.failed), ("skipped", summary.skipped)])
+    )
     for sop, destination, error in summary.failures[:20]:
         console.print(f"[red]not delivered[/red] {sop} to {destination}: {error}")
     spool.close()
@@ -283,12 +289,19 @@ def process(
             progress.advance(task)
 
         outcomes, unusable = process_paths(
-            paths, out, models=models, templates=templates, settings=settings, destination=peer, force=force,
+            paths,
+            out,
+            models=models,
+            templates=templates,
+            settings=settings,
+            destination=peer,
+            force=force,
             on_study=advance,
         )
     if as_json:
-        typer.echo(json.dumps({"studies": [o.__dict__ for o in outcomes], "unusable_files": unusable}, indent=2,
-                              default=str))
+        typer.echo(
+            json.dumps({"studies": [o.__dict__ for o in outcomes], "unusable_files": unusable}, indent=2, default=str)
+        )
     else:
         table = Table(title=f"processed into {out}")
         for column in ("Study Instance UID", "state", "files", "outputs", "note"):
@@ -297,12 +310,17 @@ def process(
             note = o.error or ("sent" if o.sent else "")
             table.add_row(o.study_instance_uid, o.state, str(o.files), str(len(o.outputs)), note[:60])
         console.print(table)
-        console.print(_summary_table("summary", [
-            ("done", sum(o.state == "done" for o in outcomes)),
-            ("skipped (already done)", sum(o.state == "skipped" for o in outcomes)),
-            ("failed", sum(o.state == "failed" or o.sent is False for o in outcomes)),
-            ("files that are not usable DICOM", unusable),
-        ]))
+        console.print(
+            _summary_table(
+                "summary",
+                [
+                    ("done", sum(o.state == "done" for o in outcomes)),
+                    ("skipped (already done)", sum(o.state == "skipped" for o in outcomes)),
+                    ("failed", sum(o.state == "failed" or o.sent is False for o in outcomes)),
+                    ("files that are not usable DICOM", unusable),
+                ],
+            )
+        )
     if any(o.state == "failed" or o.sent is False for o in outcomes):
         raise typer.Exit(1)
 
@@ -344,8 +362,10 @@ def retrieve(
         if accessions is not None:
             for line in accessions.read_text(encoding="utf-8").splitlines():
                 if line.strip():
-                    uids.extend(m.study_instance_uid
-                                for m in find_studies(peer, calling_ae_title=me, accession_number=line.strip()))
+                    uids.extend(
+                        m.study_instance_uid
+                        for m in find_studies(peer, calling_ae_title=me, accession_number=line.strip())
+                    )
         if since:
             uids.extend(m.study_instance_uid for m in find_studies(peer, calling_ae_title=me, since=since))
     except SamieNodeError as exc:
@@ -392,7 +412,6 @@ def demo(
     except SamieNodeError as exc:
         raise _fail(str(exc)) from exc
     raise typer.Exit(code)
-
 
 
 # --- engine commands (enhance, train, evaluate) ---
@@ -596,4 +615,6 @@ def evaluate(
     Console().print(table)
     if not report.segmenter_matches:
         console.print("[yellow]note:[/yellow] the configured segmenter is not the one the checkpoint was trained with")
+
+
 # --- end engine commands ---

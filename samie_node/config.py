@@ -74,9 +74,7 @@ class Peer(_Strict):
         if not match:
             raise ConfigError(f"expected AE@HOST:PORT, got {text!r}")
         try:
-            return cls(
-                ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]), name=""
-            )
+            return cls(ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]), name="")
         except ValidationError as exc:
             raise ConfigError(f"invalid peer {text!r}: {exc.errors()[0]['msg']}") from exc
 
@@ -214,9 +212,7 @@ class AuditSettings(_Strict):
 class Settings(BaseSettings):
     """Everything the node needs, validated once at start-up."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SAMIE_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="SAMIE_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -63,7 +63,7 @@ class DemoPacs:
     def start(self) -> DemoPacs:
         ae = AE(ae_title="DEMO_PACS")
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+            ae.add_supported_context(str(context.abstract_syntax), ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self._server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
         )
@@ -181,5 +181,3 @@ def run_demo(
     finally:
         node.stop()
         pacs.stop()
-
-

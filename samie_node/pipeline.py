@@ -108,10 +108,10 @@ class _OverlayPool:
 
 class _Timer:
     def __init__(self) -> None:
-        self.ms: Counter[str] = Counter()
+        self.ms: dict[str, float] = {}
 
     def add(self, stage: str, started: float) -> None:
-        self.ms[stage] += (time.perf_counter() - started) * 1000
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
 def read_candidates(paths: Sequence[Path]) -> tuple[list[Candidate], Counter[str]]:
@@ -276,11 +276,11 @@ def process_study(
         )
         outputs.append(OutputObject("SEG", seg))
         unit_records = [records[key] for key in unit.frame_keys]
-        in_mm2 = all(r.pixel_spacing for r in unit_records)
-        area = sum(
-            r.area_pixels * (r.pixel_spacing[0] * r.pixel_spacing[1] if r.pixel_spacing and in_mm2 else 1.0)
-            for r in unit_records
-        )
+        in_mm2 = all(r.pixel_spacing is not None for r in unit_records)
+        area = 0.0
+        for record in unit_records:
+            spacing = record.pixel_spacing
+            area += record.area_pixels * (spacing[0] * spacing[1] if spacing is not None and in_mm2 else 1.0)
         summaries.append(
             SegmentSummary(
                 segmentation=seg,
@@ -296,7 +296,7 @@ def process_study(
         (
             f"{key[0]}-{key[1]}",
             burn_outline(
-                image, mask, templates.report.overlay_caption, tuple(templates.segments.segments[0].display_rgb)
+                image, mask, templates.report.overlay_caption, templates.segments.segments[0].display_rgb
             ),
         )
         for key, image, mask in pool.largest("study")
@@ -372,7 +372,7 @@ def _overlays(
     *,
     for_all: bool,
 ) -> list[OutputObject]:
-    rgb = tuple(templates.segments.segments[0].display_rgb)
+    rgb = templates.segments.segments[0].display_rgb
     objects = []
     for number, (key, image, mask) in enumerate(frames, start=1):
         if str(source.SOPInstanceUID) != key[0]:

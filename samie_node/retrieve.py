@@ -33,7 +33,7 @@ LOG = logging.getLogger("samie_node.retrieve")
 
 _UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 # Storage contexts offered with SCP role on a C-GET association (at most 128 contexts in all).
-_GET_STORAGE_CONTEXTS = [cx.abstract_syntax for cx in StoragePresentationContexts][:126]
+_GET_STORAGE_CONTEXTS = [str(cx.abstract_syntax) for cx in StoragePresentationContexts if cx.abstract_syntax][:126]
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,7 @@ def get_study(
         ext_neg=roles,
         evt_handlers=[(evt.EVT_C_STORE, store)],
     ) as assoc:
-        for status, _ in assoc.send_c_get(
-            _identifier(study_instance_uid), StudyRootQueryRetrieveInformationModelGet
-        ):
+        for status, _ in assoc.send_c_get(_identifier(study_instance_uid), StudyRootQueryRetrieveInformationModelGet):
             if _record(outcome, status, peer):
                 break
     return outcome

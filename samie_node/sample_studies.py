@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
@@ -41,14 +42,15 @@ class Lesion:
     def mask(self, rows: int, columns: int) -> np.ndarray:
         """The disc as a boolean mask."""
         yy, xx = np.mgrid[0:rows, 0:columns]
-        return (yy - self.center_row) ** 2 + (xx - self.center_column) ** 2 <= self.radius**2
+        inside: np.ndarray = (yy - self.center_row) ** 2 + (xx - self.center_column) ** 2 <= self.radius**2
+        return inside
 
 
 def _base(sop_class_uid: str, sop_instance_uid: str, study_uid: str, series_uid: str, modality: str) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -81,8 +83,8 @@ def _base(sop_class_uid: str, sop_instance_uid: str, study_uid: str, series_uid:
 
 
 def _speckle(rng: np.random.Generator, rows: int, columns: int) -> np.ndarray:
-    noise = rng.rayleigh(1.0, size=(rows, columns))
-    return noise / noise.max()
+    noise: np.ndarray = rng.rayleigh(1.0, size=(rows, columns))
+    return noise / float(noise.max())
 
 
 def ct_series(

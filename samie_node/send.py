@@ -296,4 +296,6 @@ def store_files(peer: Peer, paths: Sequence[Path], *, calling_ae_title: str, tim
             if status is None:
                 raise DeliveryError(f"{peer.label} gave no C-STORE response", transient=True)
             if not _is_success(status):
-                raise DeliveryError(f"{peer.label} answered C-STORE with 0x{status:04X}", transient=_is_transient(status))
+                raise DeliveryError(
+                    f"{peer.label} answered C-STORE with 0x{status:04X}", transient=_is_transient(status)
+                )

@@ -275,18 +275,14 @@ class Spool:
 
     # -------------------------------------------------------------- instances
 
-    def store(
-        self, incoming: IncomingInstance, data: bytes | memoryview | Sequence[bytes | memoryview]
-    ) -> Path:
+    def store(self, incoming: IncomingInstance, data: bytes | memoryview | Sequence[bytes | memoryview]) -> Path:
         """Store one received instance durably and index it; returns its path.
 
         A duplicate SOP Instance UID replaces the earlier file and row. A study that was ready, done or
         failed goes back to receiving (a late instance re-opens it); one being processed is flagged so the
         worker processes it again when it finishes.
         """
-        path = self.instance_path(
-            incoming.study_instance_uid, incoming.series_instance_uid, incoming.sop_instance_uid
-        )
+        path = self.instance_path(incoming.study_instance_uid, incoming.series_instance_uid, incoming.sop_instance_uid)
         self.write_atomically(path, data)
         size = len(data) if isinstance(data, bytes | memoryview) else sum(len(part) for part in data)
         try:
@@ -397,9 +393,7 @@ class Spool:
     def studies(self, state: StudyState | None = None) -> list[StudyRecord]:
         """All studies (or those in ``state``), oldest first."""
         where, params = ("WHERE s.state = ?", (state,)) if state else ("", ())
-        rows = self._query(
-            f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received", params
-        )
+        rows = self._query(f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received", params)
         return [self._study_from_row(r) for r in rows]
 
     def study(self, study_instance_uid: str) -> StudyRecord | None:
@@ -430,8 +424,7 @@ class Spool:
         now = self._clock()
         with self._transaction() as db:
             row = db.execute(
-                "SELECT study_instance_uid FROM studies WHERE state = 'ready'"
-                " ORDER BY last_received LIMIT 1"
+                "SELECT study_instance_uid FROM studies WHERE state = 'ready' ORDER BY last_received LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -467,8 +460,7 @@ class Spool:
         now = self._clock()
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE studies SET state = 'ready', state_changed = ?, reason = ''"
-                " WHERE study_instance_uid = ?",
+                "UPDATE studies SET state = 'ready', state_changed = ?, reason = '' WHERE study_instance_uid = ?",
                 (now, study_instance_uid),
             )
             return cursor.rowcount > 0
@@ -558,8 +550,7 @@ class Spool:
         now = self._clock()
         with self._transaction() as db:
             db.execute(
-                "UPDATE outputs SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = ''"
-                " WHERE id = ?",
+                "UPDATE outputs SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = '' WHERE id = ?",
                 (now, output_id),
             )
 
@@ -581,8 +572,7 @@ class Spool:
             for output_id in output_ids:
                 if destination is None:
                     cursor = db.execute(
-                        "UPDATE outputs SET state = 'pending', attempts = 0, next_attempt_at = 0"
-                        " WHERE id = ?",
+                        "UPDATE outputs SET state = 'pending', attempts = 0, next_attempt_at = 0 WHERE id = ?",
                         (output_id,),
                     )
                 else:

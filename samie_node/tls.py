@@ -39,9 +39,7 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
             cafile=str(settings.ca_certificates) if settings.ca_certificates else None,
         )
         context.minimum_version = _minimum(settings)
-        context.load_cert_chain(
-            str(settings.certificate), str(settings.private_key) if settings.private_key else None
-        )
+        context.load_cert_chain(str(settings.certificate), str(settings.private_key) if settings.private_key else None)
         context.verify_mode = ssl.CERT_REQUIRED if settings.require_client_certificate else ssl.CERT_NONE
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot set up TLS server context: {exc}") from exc

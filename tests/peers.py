@@ -32,7 +32,9 @@ def require_tool(name: str) -> str:
     # System tools first: pynetdicom installs its own echoscu/storescu into the venv, which must not shadow
     # dcmtk's. Console scripts of pip packages (dciodvfy) are found in the venv after that.
     venv_bin = str(Path(sys.executable).parent)
-    system = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != Path(venv_bin).resolve()]
+    system = [
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != Path(venv_bin).resolve()
+    ]
     path = shutil.which(name, path=os.pathsep.join([*system, venv_bin])) or (
         name if os.path.isabs(name) and os.access(name, os.X_OK) else None
     )
@@ -186,9 +188,14 @@ def running_node(tmp: Path, **sections: dict[str, Any]) -> Iterator[NodeProcess]
 class Orthanc:
     """A real Orthanc PACS on loopback ports with a temporary configuration."""
 
-    def __init__(self, tmp: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 plugins: list[str] | None = None, ae_title: str = "ORTHANC",
-                 extra_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        plugins: list[str] | None = None,
+        ae_title: str = "ORTHANC",
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
         require_tool(ORTHANC_BINARY)
         self.tmp = tmp
         self.http_port = free_port()
@@ -240,8 +247,9 @@ class Orthanc:
                 self.process.kill()
                 self.process.wait(10)
 
-    def request(self, method: str, path: str, body: bytes | dict[str, Any] | list[Any] | None = None,
-                timeout: float = 120) -> Any:
+    def request(
+        self, method: str, path: str, body: bytes | dict[str, Any] | list[Any] | None = None, timeout: float = 120
+    ) -> Any:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
         with urllib.request.urlopen(req, timeout=timeout) as resp:

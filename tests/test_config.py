@@ -54,7 +54,10 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_peer_parsing() -> None:
     peer = Peer.parse("ORTHANC@pacs.example.org:4242")
     assert (peer.ae_title, peer.host, peer.port, peer.label) == (
-        "ORTHANC", "pacs.example.org", 4242, "ORTHANC@pacs.example.org:4242"
+        "ORTHANC",
+        "pacs.example.org",
+        4242,
+        "ORTHANC@pacs.example.org:4242",
     )
     assert Peer.parse("PACS@[::1]:104").host == "::1"
     for bad in ["ORTHANC", "ORTHANC@host", "A@h:0", "A@h:99999", "THIS_AE_IS_FAR_TOO_LONG@h:1", "@h:1"]:

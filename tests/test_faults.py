@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pydicom
+from peers import NodeProcess, free_port, node_config, running_node
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
+from store_scp import StoreSCP
 
-from peers import NodeProcess, free_port, node_config, running_node
 from samie_node.sample_studies import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
@@ -25,13 +26,13 @@ from samie_node.sample_studies import (
     write_datasets,
 )
 from samie_node.spool import TMP_MARKER
-from store_scp import StoreSCP
 
 
 def send_files(port: int, paths: list[Path], results: list[int], calling: str = "LOADTEST") -> None:
     ae = AE(ae_title=calling)
-    ae.requested_contexts = [build_context(pydicom.dcmread(paths[0], stop_before_pixels=True).SOPClassUID,
-                                           "1.2.840.10008.1.2.1")]
+    ae.requested_contexts = [
+        build_context(pydicom.dcmread(paths[0], stop_before_pixels=True).SOPClassUID, "1.2.840.10008.1.2.1")
+    ]
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     assoc = ae.associate("127.0.0.1", port, ae_title="SAMIE_NODE")
     if not assoc.is_established:
@@ -58,14 +59,16 @@ def test_twenty_concurrent_senders_of_one_study_while_another_is_processed(tmp_p
     busy_paths = write_datasets(busy, tmp_path / "busy")
     load, _ = ct_series(slices=50, rows=64, columns=64, seed=62)
     load_paths = write_datasets(load, tmp_path / "load")
-    with running_node(tmp_path, node={"max_associations": 32, "max_associations_per_peer": 32},
-                      study={"quiet_period_s": 3.0}) as node:
+    with running_node(
+        tmp_path, node={"max_associations": 32, "max_associations_per_peer": 32}, study={"quiet_period_s": 3.0}
+    ) as node:
         first: list[int] = []
         send_files(node.port, busy_paths, first)
         node.wait_for_study(str(busy[0].StudyInstanceUID), {"processing", "done"}, timeout=120)
         statuses: list[int] = []
-        senders = [threading.Thread(target=send_files, args=(node.port, load_paths, statuses, f"SENDER{i}"))
-                   for i in range(20)]
+        senders = [
+            threading.Thread(target=send_files, args=(node.port, load_paths, statuses, f"SENDER{i}")) for i in range(20)
+        ]
         for sender in senders:
             sender.start()
         for sender in senders:
@@ -84,8 +87,11 @@ def test_kill_9_while_processing_and_while_sending(tmp_path: Path) -> None:
     port = free_port()
     pacs = StoreSCP(port, ae_title="PACS").start()
     studies = [ct_series(slices=3, rows=96, columns=96, seed=70 + i)[0] for i in range(3)]
-    destination = {"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
-                   "backoff_initial_s": 0.5, "backoff_max_s": 2.0}
+    destination = {
+        "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+        "backoff_initial_s": 0.5,
+        "backoff_max_s": 2.0,
+    }
     node_port = free_port()
     config = node_config(tmp_path, node_port, send=destination)
     node = NodeProcess(tmp_path / "data", node_port, config, tmp_path / "node.log").start()
@@ -125,8 +131,12 @@ def test_kill_9_while_processing_and_while_sending(tmp_path: Path) -> None:
 def test_flapping_destination_during_a_batch(tmp_path: Path) -> None:
     port = free_port()
     studies = [ultrasound_image(rows=96, columns=128, seed=80 + i)[0] for i in range(4)]
-    send = {"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
-            "backoff_initial_s": 0.3, "backoff_max_s": 1.0, "max_attempts": 1000}
+    send = {
+        "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+        "backoff_initial_s": 0.3,
+        "backoff_max_s": 1.0,
+        "max_attempts": 1000,
+    }
     with running_node(tmp_path, send=send) as node:
         stop = threading.Event()
         received: list[str] = []

@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
-
 from dicom_checks import assert_dciodvfy_clean
 from peers import free_port, running_node, running_orthanc
+from pydicom.data import get_testdata_file
+from store_scp import StoreSCP
+
 from samie_node.audit import AuditLog
 from samie_node.config import load_settings
 from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
 from samie_node.send import Sender
 from samie_node.spool import Spool
-from store_scp import StoreSCP
 
 
 def samie(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -125,13 +125,31 @@ def test_retrieve_by_move_and_by_get_from_orthanc(tmp_path: Path) -> None:
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
         for dataset in [*ct, us]:
             orthanc.upload(write_datasets([dataset], tmp_path / "upload")[0])
-        moved = samie("retrieve", orthanc.peer, "--study", str(ct[0].StudyInstanceUID), "--method", "move",
-                      "--config", str(node.config), timeout=300)
+        moved = samie(
+            "retrieve",
+            orthanc.peer,
+            "--study",
+            str(ct[0].StudyInstanceUID),
+            "--method",
+            "move",
+            "--config",
+            str(node.config),
+            timeout=300,
+        )
         assert moved.returncode == 0, moved.stdout + moved.stderr
         study = node.wait_for_study(str(ct[0].StudyInstanceUID), {"done"}, timeout=300)
         assert study["instances"] == 2
-        got = samie("retrieve", orthanc.peer, "--study", str(us.StudyInstanceUID), "--method", "get",
-                    "--config", str(node.config), timeout=300)
+        got = samie(
+            "retrieve",
+            orthanc.peer,
+            "--study",
+            str(us.StudyInstanceUID),
+            "--method",
+            "get",
+            "--config",
+            str(node.config),
+            timeout=300,
+        )
         assert got.returncode == 0, got.stdout + got.stderr
         study = node.wait_for_study(str(us.StudyInstanceUID), {"done"}, timeout=300)
         assert study["instances"] == 1
@@ -148,4 +166,3 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert "no classifier" in run.stdout
     pngs = [line.strip() for line in run.stdout.splitlines() if line.strip().endswith(".png")]
     assert pngs and all(Path(p).exists() for p in pngs)
-

@@ -10,9 +10,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_checks import assert_dciodvfy_clean
 from pydicom.data import get_testdata_file
 
-from dicom_checks import assert_dciodvfy_clean
 from samie_node.config import Settings, load_settings
 from samie_node.encode.templates import Templates, load_templates
 from samie_node.errors import NoImagesError
@@ -66,9 +66,13 @@ def check_outputs(result: StudyResult, folder: Path, sources: list[Path]) -> dic
         }
         assert referenced <= source_uids
         for sop_uid in referenced:
-            frames = int(pydicom.dcmread(next(p for p in sources if pydicom.dcmread(p, stop_before_pixels=True)
-                                             .SOPInstanceUID == sop_uid), stop_before_pixels=True)
-                         .get("NumberOfFrames", 1) or 1)
+            frames = int(
+                pydicom.dcmread(
+                    next(p for p in sources if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == sop_uid),
+                    stop_before_pixels=True,
+                ).get("NumberOfFrames", 1)
+                or 1
+            )
             for frame in range(1, frames + 1):
                 if frames > 1:
                     read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=[1])[0, ..., 0]
@@ -95,8 +99,9 @@ def ct_study(tmp_path: Path) -> Iterator[tuple[list[Path], object]]:
     yield write_datasets(datasets, tmp_path / "ct"), lesion
 
 
-def test_ct_series_seg_and_sr(ct_study: tuple[list[Path], object], models: Models, templates: Templates,
-                              settings: Settings, tmp_path: Path) -> None:
+def test_ct_series_seg_and_sr(
+    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     paths, lesion = ct_study
     result = process_study(paths, models, templates, settings)
     written = check_outputs(result, tmp_path / "out", paths)
@@ -116,9 +121,9 @@ def test_ct_series_seg_and_sr(ct_study: tuple[list[Path], object], models: Model
     assert [o.sop_instance_uid for o in again.outputs] == [o.sop_instance_uid for o in result.outputs]
 
 
-def test_sr_states_plainly_that_no_classifier_was_used(ct_study: tuple[list[Path], object], models: Models,
-                                                         templates: Templates, settings: Settings,
-                                                         tmp_path: Path) -> None:
+def test_sr_states_plainly_that_no_classifier_was_used(
+    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     paths, _ = ct_study
     result = process_study(paths, models, templates, settings)
     sr = next(o.dataset for o in result.outputs if o.kind == "SR")
@@ -145,8 +150,9 @@ def test_bundled_files(name: str, models: Models, templates: Templates, settings
     assert len(written["SEG"]) == 1
 
 
-def test_generated_ultrasound_and_photograph(models: Models, templates: Templates, settings: Settings,
-                                             tmp_path: Path) -> None:
+def test_generated_ultrasound_and_photograph(
+    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     for factory in (ultrasound_image, rgb_photograph):
         dataset, lesion = factory()
         [path] = write_datasets([dataset], tmp_path / factory.__name__)
@@ -158,8 +164,9 @@ def test_generated_ultrasound_and_photograph(models: Models, templates: Template
         assert dice > 0.8, (factory.__name__, dice)
 
 
-def test_multiframe_without_frame_of_reference_gets_overlays(models: Models, templates: Templates,
-                                                              settings: Settings, tmp_path: Path) -> None:
+def test_multiframe_without_frame_of_reference_gets_overlays(
+    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     dataset, _ = ultrasound_cine(frames=3)  # a cine loop without a frame of reference, as scanners send
     [path] = write_datasets([dataset], tmp_path / "cine")
     result = process_study([path], models, templates, settings)
@@ -174,9 +181,9 @@ def test_multiframe_without_frame_of_reference_gets_overlays(models: Models, tem
     assert len(written.get("SC", [])) == min(settings.output.max_overlays, result.summary["frames_with_region"])
 
 
-def test_bad_instances_are_skipped_and_the_study_goes_on(ct_study: tuple[list[Path], object], models: Models,
-                                                         templates: Templates, settings: Settings,
-                                                         tmp_path: Path) -> None:
+def test_bad_instances_are_skipped_and_the_study_goes_on(
+    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     paths, _ = ct_study
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(paths[0].read_bytes()[:2000])

@@ -10,11 +10,11 @@ from typing import Any
 
 import pydicom
 import pytest
+from peers import free_port
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from peers import free_port
 from samie_node.audit import AuditLog
 from samie_node.config import Settings, load_settings
 from samie_node.receive import Receiver, configure_pynetdicom

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pydicom
-
 from dicom_checks import assert_dciodvfy_clean
 from peers import free_port, running_node, running_orthanc
-from samie_node.sample_studies import ct_series, ultrasound_image, write_datasets
 from store_scp import StoreSCP
+
+from samie_node.sample_studies import ct_series, ultrasound_image, write_datasets
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -20,9 +20,12 @@ def wait_for_outputs(orthanc, study_uid: str, count: int, timeout: float = 300) 
     deadline = time.monotonic() + timeout
     found: list[dict] = []
     while time.monotonic() < deadline:
-        found = [i for i in orthanc.study_instances(study_uid)
-                 if i["MainDicomTags"].get("SOPInstanceUID") and
-                 orthanc.request("GET", f"/instances/{i['ID']}/metadata/SopClassUid").decode() in (SEG_CLASS, SR_CLASS)]
+        found = [
+            i
+            for i in orthanc.study_instances(study_uid)
+            if i["MainDicomTags"].get("SOPInstanceUID")
+            and orthanc.request("GET", f"/instances/{i['ID']}/metadata/SopClassUid").decode() in (SEG_CLASS, SR_CLASS)
+        ]
         if len(found) >= count:
             return found
         time.sleep(1)
@@ -35,11 +38,17 @@ def test_orthanc_study_comes_back_with_seg_and_sr(tmp_path: Path) -> None:
     ct_paths = write_datasets(ct, tmp_path / "ct")
     us_paths = write_datasets([us], tmp_path / "us")
     second = StoreSCP(free_port(), ae_title="ARCHIVE").start()
-    with running_orthanc(tmp_path / "pacs") as orthanc, running_node(
-        tmp_path,
-        send={"return_to_caller": True, "return_port": orthanc.dicom_port,
-              "destinations": [{"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": second.port}]},
-    ) as node:
+    with (
+        running_orthanc(tmp_path / "pacs") as orthanc,
+        running_node(
+            tmp_path,
+            send={
+                "return_to_caller": True,
+                "return_port": orthanc.dicom_port,
+                "destinations": [{"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": second.port}],
+            },
+        ) as node,
+    ):
         try:
             orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
             for paths in (ct_paths, us_paths):
@@ -57,13 +66,20 @@ def test_orthanc_study_comes_back_with_seg_and_sr(tmp_path: Path) -> None:
                 assert_dciodvfy_clean(files[SEG_CLASS])
                 assert_dciodvfy_clean(files[SR_CLASS])
                 source_uids = {d.SOPInstanceUID for d in (ct if sources is ct_paths else [us])}
-                referenced = {i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
-                              for i in s.ReferencedInstanceSequence}
+                referenced = {
+                    i.ReferencedSOPInstanceUID
+                    for s in seg.ReferencedSeriesSequence
+                    for i in s.ReferencedInstanceSequence
+                }
                 assert referenced == source_uids
                 assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
                 assert seg.PatientID == dataset.PatientID
-                evidence = {i.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
-                            for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+                evidence = {
+                    i.ReferencedSOPInstanceUID
+                    for st in sr.CurrentRequestedProcedureEvidenceSequence
+                    for se in st.ReferencedSeriesSequence
+                    for i in se.ReferencedSOPSequence
+                }
                 assert seg.SOPInstanceUID in evidence and source_uids <= evidence
                 status = {s["study_instance_uid"]: s for s in node.status()}[study_uid]
                 assert status["state"] == "done"

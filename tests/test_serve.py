@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pydicom
+from peers import require_tool, running_node, running_orthanc
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
-from peers import require_tool, running_node, running_orthanc
 from samie_node.sample_studies import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_series, write_datasets
 from samie_node.spool import TMP_MARKER
 
@@ -68,8 +68,16 @@ def test_echoscu_and_storescu_against_serve(tmp_path: Path) -> None:
             syntaxes.add(syntax)
             # -R proposes only what the file needs; PROPOSE makes storescu offer the file's own syntax.
             subprocess.run(
-                [storescu, "-aec", "SAMIE_NODE", "-R", *PROPOSE[syntax], "127.0.0.1", str(node.port),
-                 str(original_path)],
+                [
+                    storescu,
+                    "-aec",
+                    "SAMIE_NODE",
+                    "-R",
+                    *PROPOSE[syntax],
+                    "127.0.0.1",
+                    str(node.port),
+                    str(original_path),
+                ],
                 check=True,
                 timeout=60,
             )
@@ -81,9 +89,19 @@ def test_echoscu_and_storescu_against_serve(tmp_path: Path) -> None:
         # A dataset without Study/Series Instance UID cannot be filed: refused, nothing written.
         before = spool_files(node.data_dir)
         no_uids = subprocess.run(
-            [storescu, "-aec", "SAMIE_NODE", "-R", "-xu", "127.0.0.1", str(node.port),
-             str(get_testdata_file("JPEGLSNearLossless_16.dcm"))],
-            capture_output=True, text=True, timeout=60,
+            [
+                storescu,
+                "-aec",
+                "SAMIE_NODE",
+                "-R",
+                "-xu",
+                "127.0.0.1",
+                str(node.port),
+                str(get_testdata_file("JPEGLSNearLossless_16.dcm")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert no_uids.returncode != 0
         assert "status=0xC210" in node.log()
@@ -130,10 +148,16 @@ def test_generated_ct_series_becomes_ready_and_logs_carry_no_phi(tmp_path: Path)
     paths = write_datasets(datasets, tmp_path / "ct")
     with running_node(tmp_path) as node:
         # The study arrives over two associations; the end of an association is not the end of a study.
-        subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths[:10])],
-                       check=True, timeout=120)
-        subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths[10:])],
-                       check=True, timeout=120)
+        subprocess.run(
+            [storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths[:10])],
+            check=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths[10:])],
+            check=True,
+            timeout=120,
+        )
         study = node.wait_for_study(datasets[0].StudyInstanceUID, {"ready", "processing", "done"})
         assert study["instances"] == 30
         log = node.log() + (node.data_dir / "audit.jsonl").read_text()
@@ -145,9 +169,10 @@ def test_generated_ct_series_becomes_ready_and_logs_carry_no_phi(tmp_path: Path)
 def test_orthanc_pushes_a_study_to_the_node(tmp_path: Path) -> None:
     datasets, _ = ct_series(slices=12, rows=128, columns=128, seed=7)
     paths = write_datasets(datasets, tmp_path / "ct")
-    with running_node(tmp_path) as node, running_orthanc(
-        tmp_path / "pacs", modalities={"samie": ("SAMIE_NODE", "127.0.0.1", node.port)}
-    ) as orthanc:
+    with (
+        running_node(tmp_path) as node,
+        running_orthanc(tmp_path / "pacs", modalities={"samie": ("SAMIE_NODE", "127.0.0.1", node.port)}) as orthanc,
+    ):
         ids = [orthanc.upload(p) for p in paths]
         orthanc.store_to("samie", ids)
         study = node.wait_for_study(datasets[0].StudyInstanceUID, {"ready", "processing", "done"})
@@ -202,7 +227,9 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert not [name for name in on_disk if TMP_MARKER in name]
             for sop in acknowledged:
                 assert sop in on_disk
-                assert pydicom.dcmread(on_disk[sop]).PixelData == pydicom.dcmread(tmp_path / "ct" / f"{sop}.dcm").PixelData
+                assert (
+                    pydicom.dcmread(on_disk[sop]).PixelData == pydicom.dcmread(tmp_path / "ct" / f"{sop}.dcm").PixelData
+                )
             for path in on_disk.values():  # nothing half-written, acknowledged or not
                 pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding proves the file is whole
             status = {s["study_instance_uid"]: s for s in node.status()}

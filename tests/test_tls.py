@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from peers import free_port, require_tool, running_node, running_orthanc
+
 from samie_node.sample_studies import ultrasound_image, write_datasets
 
 
@@ -18,13 +18,42 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _issue(folder: Path, name: str, ca: str, *, server: bool) -> None:
-    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/CN={name}", cwd=folder)
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=folder,
+    )
     ext = folder / f"{name}.ext"
     usage = "serverAuth" if server else "clientAuth"
     ext.write_text(f"subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-out", f"{name}.crt", "-days", "2", "-sha256", "-extfile", ext.name, cwd=folder)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        ext.name,
+        cwd=folder,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +61,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A test CA with server and client certificates, and a rogue CA with a client certificate."""
     folder = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "rogue-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN={ca}", cwd=folder)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={ca}",
+            cwd=folder,
+        )
     _issue(folder, "node", "ca", server=True)
     _issue(folder, "pacs", "ca", server=True)
     _issue(folder, "client", "ca", server=False)
@@ -41,8 +84,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Orthanc (dcmtk) presents one certificate in both roles; give it one good for either.
     ext = folder / "pacs-any.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl("x509", "-req", "-in", "pacs.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "pacs.crt", "-days", "2", "-sha256", "-extfile", ext.name, cwd=folder)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "pacs.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "pacs.crt",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        ext.name,
+        cwd=folder,
+    )
     return folder
 
 
@@ -62,9 +122,22 @@ def tls_node_sections(pki: Path, tls_port: int) -> dict[str, dict[str, object]]:
 
 def dcmtk_tls(tool: str, pki: Path, key: str, port: int, *files: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [require_tool(tool), "+tls", str(pki / f"{key}.key"), str(pki / f"{key}.crt"), "+cf", str(pki / "ca.crt"),
-         "-aec", "SAMIE_NODE", "127.0.0.1", str(port), *files],
-        capture_output=True, text=True, timeout=60,
+        [
+            require_tool(tool),
+            "+tls",
+            str(pki / f"{key}.key"),
+            str(pki / f"{key}.crt"),
+            "+cf",
+            str(pki / "ca.crt"),
+            "-aec",
+            "SAMIE_NODE",
+            "127.0.0.1",
+            str(port),
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -82,12 +155,20 @@ def test_dcmtk_over_tls_and_refusals(tmp_path: Path, pki: Path) -> None:
         assert rogue.returncode != 0
         # Plain DICOM to the TLS port fails cleanly and quickly, and the node stays up.
         started = time.monotonic()
-        plain = subprocess.run([require_tool("echoscu"), "-to", "10", "-aec", "SAMIE_NODE", "127.0.0.1",
-                                str(tls_port)], capture_output=True, text=True, timeout=60)
+        plain = subprocess.run(
+            [require_tool("echoscu"), "-to", "10", "-aec", "SAMIE_NODE", "127.0.0.1", str(tls_port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert plain.returncode != 0 and time.monotonic() - started < 30
         # The plain listener works beside the TLS one.
-        assert subprocess.run([require_tool("echoscu"), "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port)],
-                              timeout=30).returncode == 0
+        assert (
+            subprocess.run(
+                [require_tool("echoscu"), "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port)], timeout=30
+            ).returncode
+            == 0
+        )
         assert dcmtk_tls("echoscu", pki, "client", tls_port).returncode == 0
         assert node.alive()
         audit = [json.loads(line) for line in (node.data_dir / "audit.jsonl").read_text().splitlines()]
@@ -98,22 +179,37 @@ def test_orthanc_and_node_talk_tls_both_ways(tmp_path: Path, pki: Path) -> None:
     tls_port = free_port()
     us, _ = ultrasound_image(rows=120, columns=160, seed=51)
     [path] = write_datasets([us], tmp_path / "us")
-    with running_orthanc(tmp_path / "pacs", extra_config={
-        "DicomTlsEnabled": True,
-        "DicomTlsCertificate": str(pki / "pacs.crt"),
-        "DicomTlsPrivateKey": str(pki / "pacs.key"),
-        "DicomTlsTrustedCertificates": str(pki / "ca.crt"),
-        "DicomTlsRemoteCertificateRequired": True,
-    }) as orthanc:
+    with running_orthanc(
+        tmp_path / "pacs",
+        extra_config={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(pki / "pacs.crt"),
+            "DicomTlsPrivateKey": str(pki / "pacs.key"),
+            "DicomTlsTrustedCertificates": str(pki / "ca.crt"),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    ) as orthanc:
         sections = tls_node_sections(pki, tls_port)
-        sections["send"] = {"destinations": [{
-            "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port,
-            "tls": {"certificate": str(pki / "client.crt"), "private_key": str(pki / "client.key"),
-                    "ca_certificates": str(pki / "ca.crt")},
-        }]}
+        sections["send"] = {
+            "destinations": [
+                {
+                    "ae_title": "ORTHANC",
+                    "host": "127.0.0.1",
+                    "port": orthanc.dicom_port,
+                    "tls": {
+                        "certificate": str(pki / "client.crt"),
+                        "private_key": str(pki / "client.key"),
+                        "ca_certificates": str(pki / "ca.crt"),
+                    },
+                }
+            ]
+        }
         with running_node(tmp_path, **sections) as node:
-            orthanc.request("PUT", "/modalities/samie", {"AET": "SAMIE_NODE", "Host": "127.0.0.1", "Port": tls_port,
-                                                         "UseDicomTls": True})
+            orthanc.request(
+                "PUT",
+                "/modalities/samie",
+                {"AET": "SAMIE_NODE", "Host": "127.0.0.1", "Port": tls_port, "UseDicomTls": True},
+            )
             orthanc.store_to("samie", [orthanc.upload(path)])
             node.wait_for_study(str(us.StudyInstanceUID), {"done"}, timeout=300)
             deadline = time.monotonic() + 120

@@ -79,7 +79,7 @@ def build_overlay(
     if _orientation(source) is None:
         # highdicom insists on an orientation; the truth is that none is known, which General Image
         # (Type 2) says with an empty value.
-        sc.PatientOrientation = ""
+        sc.PatientOrientation = []
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:  # General Series, Type 2C: copied from the source, empty when unknown
         sc.Laterality = source.get("Laterality", "")
