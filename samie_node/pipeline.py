@@ -277,15 +277,15 @@ def process_study(
         outputs.append(OutputObject("SEG", seg))
         unit_records = [records[key] for key in unit.frame_keys]
         in_mm2 = all(r.pixel_spacing is not None for r in unit_records)
-        area = 0.0
+        total_area = 0.0
         for record in unit_records:
             spacing = record.pixel_spacing
-            area += record.area_pixels * (spacing[0] * spacing[1] if spacing is not None and in_mm2 else 1.0)
+            total_area += record.area_pixels * (spacing[0] * spacing[1] if spacing is not None and in_mm2 else 1.0)
         summaries.append(
             SegmentSummary(
                 segmentation=seg,
                 segment_number=1,
-                area=float(area),
+                area=total_area,
                 area_in_mm2=in_mm2,
                 regions=sum(r.regions for r in unit_records),
                 images_with_region=sum(1 for r in unit_records if r.area_pixels),
