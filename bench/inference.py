@@ -124,8 +124,10 @@ def _bench_batch(
     classifier.batch_size = batch
     enhanced = [sam_ie(i, m).image for i, m in outputs]
     rows.append(
-        (f"classifier ({args.classifier} {args.classifier_size} px, both)",
-         _time(lambda: classifier.predict(chunk, enhanced), args.repeats))
+        (
+            f"classifier ({args.classifier} {args.classifier_size} px, both)",
+            _time(lambda: classifier.predict(chunk, enhanced), args.repeats),
+        )
     )
     return rows
 
@@ -164,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     def record(stage: str, batch: int, seconds: tuple[float, float], per: int) -> None:
         best, median = seconds
         results.append(
-            {"stage": stage, "batch": batch, "ms_per_image": 1000 * best / per, "images_per_s": per / best,
-             "median_ms_per_image": 1000 * median / per}
+            {
+                "stage": stage,
+                "batch": batch,
+                "ms_per_image": 1000 * best / per,
+                "images_per_s": per / best,
+                "median_ms_per_image": 1000 * median / per,
+            }
         )
 
     settings = SegmenterSettings()
@@ -179,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         plain = load_litemedsam(settings, device, precision, batch_sizes=(1, 2), optimise=False)
         tuned = load_litemedsam(settings, device, precision, batch_sizes=(1, 2))
         # interleaved, so a burst of other work on the machine hits both alike
-        pairs = [(_time(lambda: plain.embed(images[:1]), 1), _time(lambda: tuned.embed(images[:1]), 1))
-                 for _ in range(max(3, args.repeats))]
+        pairs = [
+            (_time(lambda: plain.embed(images[:1]), 1), _time(lambda: tuned.embed(images[:1]), 1))
+            for _ in range(max(3, args.repeats))
+        ]
         record("encoder as packaged (baseline)", 1, (min(p[0][0] for p in pairs), min(p[0][1] for p in pairs)), 1)
         record("encoder as the node runs it", 1, (min(p[1][0] for p in pairs), min(p[1][1] for p in pairs)), 1)
 
@@ -193,11 +202,20 @@ def main(argv: list[str] | None = None) -> int:
             + per_stage[("encoder (LiteMedSAM)", encoder_batch)]
             + per_stage[("enhancement (SAM-IE)", batch)]
         )
-        for stage, decoder in (("end to end, box mode", "decoder, box mode (1 box)"),
-                               ("end to end, automatic mode", "mask generation, automatic")):
+        for stage, decoder in (
+            ("end to end, box mode", "decoder, box mode (1 box)"),
+            ("end to end, automatic mode", "mask generation, automatic"),
+        ):
             total = common + per_stage[(decoder, batch)]
-            results.append({"stage": stage, "batch": batch, "ms_per_image": total, "images_per_s": 1000 / total,
-                            "median_ms_per_image": None})
+            results.append(
+                {
+                    "stage": stage,
+                    "batch": batch,
+                    "ms_per_image": total,
+                    "images_per_s": 1000 / total,
+                    "median_ms_per_image": None,
+                }
+            )
 
     table = Table(title="samie-node engine inference")
     for column in ("stage", "batch", "ms / image", "images / s"):

@@ -37,8 +37,18 @@ from samie_node.segment import MaskSet, Segmenter
 MASK_COLOUR = (0, 200, 0)
 CONTOUR_COLOUR = (255, 230, 0)
 #: Colours of the individual masks in the ``_masks.png`` label picture, cycled.
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+)
 #: The enhancement methods, as the command line and checkpoints name them.
 METHOD_NAMES = ("sam_ie", "samaug")
 

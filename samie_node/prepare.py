@@ -148,9 +148,7 @@ def _iter_decoded(dataset: Dataset) -> Iterator[tuple[np.ndarray, str]]:
         except StopIteration:
             return
         except Exception as exc:  # every plugin raises its own types; the cause stays chained for logs
-            raise UnsupportedImageError(
-                f"pixel data could not be decoded ({where}): {type(exc).__name__}"
-            ) from exc
+            raise UnsupportedImageError(f"pixel data could not be decoded ({where}): {type(exc).__name__}") from exc
         yield array, str(meta.get("photometric_interpretation", dataset.get("PhotometricInterpretation")))
 
 
@@ -206,9 +204,7 @@ def _grayscale_to_8bit(array: np.ndarray, dataset: Dataset, index: int) -> np.nd
     """Modality then VOI transform of one grayscale frame, to display values in [0, 255]."""
     rescale = _functional_group_item(dataset, index, "PixelValueTransformationSequence")
     if rescale is not None and "RescaleSlope" in rescale:
-        values = array.astype(np.float64) * float(rescale.RescaleSlope) + float(
-            rescale.get("RescaleIntercept", 0.0)
-        )
+        values = array.astype(np.float64) * float(rescale.RescaleSlope) + float(rescale.get("RescaleIntercept", 0.0))
     else:
         values = np.asarray(apply_modality_lut(array, dataset), dtype=np.float64)
 
@@ -220,11 +216,7 @@ def _grayscale_to_8bit(array: np.ndarray, dataset: Dataset, index: int) -> np.nd
         low, high = float(lut_values.min()), float(lut_values.max())
         lut_input = np.rint(values).astype(np.int64)  # LUT entries are indexed by integer values
         mapped = np.asarray(apply_voi_lut(lut_input, dataset, index=0, prefer_lut=True), dtype=np.float64)
-        display = (
-            np.clip((mapped - low) / (high - low), 0.0, 1.0) * 255.0
-            if high > low
-            else np.zeros_like(mapped)
-        )
+        display = np.clip((mapped - low) / (high - low), 0.0, 1.0) * 255.0 if high > low else np.zeros_like(mapped)
     elif "WindowCenter" in voi_source and "WindowWidth" in voi_source:
         display = _window(
             values,

@@ -110,9 +110,7 @@ class Segmenter(Protocol):
     version: str
     weights_sha256: str
 
-    def segment(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None
-    ) -> list[MaskSet]:
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
         """Segment (H, W, 3) uint8 RGB ``images``; ``boxes[i]`` is a (K, 4) x0, y0, x1, y1 array or None."""
         ...
 
@@ -224,9 +222,7 @@ class BoxProposals:
             box_h, box_w = scale * height, scale * width
             for y0 in _tile_starts(height, box_h, self.tile_overlap):
                 for x0 in _tile_starts(width, box_w, self.tile_overlap):
-                    boxes.append(
-                        np.array([x0, y0, min(x0 + box_w, width), min(y0 + box_h, height)], np.float32)
-                    )
+                    boxes.append(np.array([x0, y0, min(x0 + box_w, width), min(y0 + box_h, height)], np.float32))
         return boxes
 
 
@@ -431,9 +427,7 @@ class SamSegmenter:
                     multimask_output=False,
                 )
             with torch.inference_mode():
-                logits = self.model.postprocess_masks(
-                    low_res.float(), embedding.input_size, embedding.original_size
-                )
+                logits = self.model.postprocess_masks(low_res.float(), embedding.input_size, embedding.original_size)
             yield logits[:, 0], iou[:, 0].float()
 
     def _segment_boxes(self, embedding: ImageEmbedding, boxes: np.ndarray) -> MaskSet:
@@ -538,9 +532,7 @@ class SamSegmenter:
             box = box * np.array([width, height, width, height], np.float32)
         return box.reshape(1, 4)
 
-    def segment(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None
-    ) -> list[MaskSet]:
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
         """Segment each image; one :class:`MaskSet` per image, in order.
 
         Parameters

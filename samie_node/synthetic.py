@@ -148,9 +148,7 @@ def lesion_on_speckle(kind: LesionKind, size: int = 96, *, rng: np.random.Genera
             width = rng.uniform(0.06, 0.12)
             distance = np.angle(np.exp(1j * (theta - angle)))
             radius = radius + base * length * np.clip(1.0 - np.abs(distance) / width, 0.0, None) ** 1.5
-    points = np.stack(
-        [center_col + radius * np.cos(theta), center_row + radius * np.sin(theta)], axis=1
-    )
+    points = np.stack([center_col + radius * np.cos(theta), center_row + radius * np.sin(theta)], axis=1)
     mask8 = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask8, [np.rint(points * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
     mask = mask8.astype(bool)
@@ -160,8 +158,9 @@ def lesion_on_speckle(kind: LesionKind, size: int = 96, *, rng: np.random.Genera
     return SyntheticImage(image=_to_rgb8(echo), mask=mask)
 
 
-def synthetic_us_dataset(image: np.ndarray, *, sop_instance_uid: str, study_instance_uid: str,
-                           series_instance_uid: str, instance_number: int) -> Dataset:
+def synthetic_us_dataset(
+    image: np.ndarray, *, sop_instance_uid: str, study_instance_uid: str, series_instance_uid: str, instance_number: int
+) -> Dataset:
     """Wrap a synthetic grey image as a minimal, valid single-frame US Image Storage dataset.
 
     The dataset carries no patient data: the patient is called ``SYNTHETIC`` and every UID is derived

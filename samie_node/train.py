@@ -732,6 +732,4 @@ def evaluate_checkpoint(
         segmenter_identity=segmenter_identity(segmenter),
     )
     baseline_classifier = Classifier(baseline.model, baseline.content, sha256="", device=device)
-    return replace(
-        report, baseline=evaluate_samples(baseline_classifier, evaluated), baseline_input_mode="original"
-    )
+    return replace(report, baseline=evaluate_samples(baseline_classifier, evaluated), baseline_input_mode="original")

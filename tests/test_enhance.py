@@ -173,11 +173,17 @@ def test_mismatched_sizes_and_bad_masks_are_refused() -> None:
     with pytest.raises(ValueError):
         sam_ie(_grey_image(8)[:, :, 0], _mask_set(_square(8, 1, 1, 2)))
     with pytest.raises(ValueError):
-        MaskSet(masks=np.zeros((1, 4, 4), np.uint8), predicted_iou=np.zeros(1, np.float32),
-                stability_score=np.zeros(1, np.float32))
+        MaskSet(
+            masks=np.zeros((1, 4, 4), np.uint8),
+            predicted_iou=np.zeros(1, np.float32),
+            stability_score=np.zeros(1, np.float32),
+        )
     with pytest.raises(ValueError):
-        MaskSet(masks=np.zeros((2, 4, 4), bool), predicted_iou=np.zeros(1, np.float32),
-                stability_score=np.zeros(2, np.float32))
+        MaskSet(
+            masks=np.zeros((2, 4, 4), bool),
+            predicted_iou=np.zeros(1, np.float32),
+            stability_score=np.zeros(2, np.float32),
+        )
 
 
 def test_cli_enhance_writes_the_pngs(tmp_path: Path) -> None:

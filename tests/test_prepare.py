@@ -198,8 +198,15 @@ def test_lossless_syntaxes_decode_to_the_same_pixels(compressed: str, reference:
 
 @pytest.mark.parametrize(
     "name",
-    ["SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm", "JPEGLSNearLossless_16.dcm", "JPEG2000.dcm", "693_J2KI.dcm",
-     "image_dfl.dcm", "SC_rgb_rle_32bit_2frame.dcm"],
+    [
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "JPGExtended.dcm",
+        "JPEGLSNearLossless_16.dcm",
+        "JPEG2000.dcm",
+        "693_J2KI.dcm",
+        "image_dfl.dcm",
+        "SC_rgb_rle_32bit_2frame.dcm",
+    ],
 )
 def test_lossy_and_other_syntaxes_decode(name: str) -> None:
     frames = prepare_dataset(read_testdata(name), max_pixels=LIMIT)

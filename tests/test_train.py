@@ -122,7 +122,11 @@ def test_dicom_dataset_with_samaug(tmp_path: Path) -> None:
     root = tmp_path / "dicom"
     write_lesion_dataset(root, n_per_class=5, size=48, image_format="dicom", seed=1)
     config = TrainConfig(
-        arch="isa_densenet", arch_options=SMALL_NET, epochs=2, image_size=48, enhancement="samaug",
+        arch="isa_densenet",
+        arch_options=SMALL_NET,
+        epochs=2,
+        image_size=48,
+        enhancement="samaug",
         input_mode="enhanced",
     )
     result = train_classifier(root, config, segmenter=ThresholdSegmenter(), device=CPU)
@@ -161,8 +165,20 @@ def test_cli_train_and_evaluate_with_litemedsam(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(
         app,
-        ["train", str(root), "--out", str(checkpoint), "--epochs", "1", "--image-size", "32", "--batch-size", "4",
-         "--validation-fraction", "0.5"],
+        [
+            "train",
+            str(root),
+            "--out",
+            str(checkpoint),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--validation-fraction",
+            "0.5",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert checkpoint.is_file() and (tmp_path / "tiny.pt.sha256").is_file()
@@ -171,6 +187,6 @@ def test_cli_train_and_evaluate_with_litemedsam(tmp_path: Path) -> None:
 
     result = runner.invoke(app, ["evaluate", str(root), "--checkpoint", str(checkpoint), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["split"] == "validation" and report["evaluation"]["count"] == 4
     assert report["sha256"] == classifier.sha256
