@@ -149,6 +149,7 @@ class SegmenterSettings(_Strict):
     stability_score_thresh: float = Field(default=0.85, ge=0, le=1)
     min_region_area: int = Field(default=16, ge=0)
     max_masks: int = Field(default=8, ge=1, le=256)
+    max_mask_fraction: float = Field(default=0.5, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=256)
 
     @model_validator(mode="after")

@@ -359,7 +359,7 @@ class SamSegmenter:
         self.stretch = stretch
         self.encoder_batch_size = max(1, encoder_batch_size)
         self.decoder_batch_size = max(1, decoder_batch_size)
-        self.proposals = proposals or BoxProposals()
+        self.proposals = proposals or BoxProposals(max_area_fraction=settings.max_mask_fraction)
         self.predictor = _EmbeddedPredictor(model)
         self.channels_last = any(
             p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
