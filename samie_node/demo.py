@@ -175,8 +175,8 @@ def run_demo(
         console.print(table)
         console.print("overlay previews (not for diagnostic use):")
         for path in previews:
-            console.print(f"  {path}")
-        console.print(f"results as the PACS received them: {pacs.folder}")
+            console.print(f"  {path}", soft_wrap=True, highlight=False)
+        console.print(f"results as the PACS received them: {pacs.folder}", soft_wrap=True, highlight=False)
         return 0 if not pending else 1
     finally:
         node.stop()
