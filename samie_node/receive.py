@@ -20,12 +20,13 @@ Statuses returned to the sender:
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 import pydicom.uid as pdu
@@ -33,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pynetdicom import AE, _config, evt
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -353,10 +354,10 @@ class Receiver:
     def _on_store(self, event: evt.Event) -> int:
         """Validate, write durably, index, answer. One unit of work; errors end here as a status."""
         started = self._clock()
-        request = event.request
+        request = cast(C_STORE, event.request)  # EVT_C_STORE carries a C-STORE request
         calling = str(event.assoc.requestor.ae_title).strip()
         host = self._peer_host(event)
-        stream: BytesIO = request.DataSet
+        stream = cast(BytesIO, request.DataSet)
         size = stream.seek(0, 2)
         transfer_syntax = str(event.context.transfer_syntax)
         try:
@@ -377,7 +378,9 @@ class Receiver:
             except InvalidInputError as exc:
                 status = STATUS_INVALID_UID if isinstance(exc, InvalidUidError) else STATUS_CANNOT_PARSE
                 raise _StoreRefused(status, str(exc)) from exc
-            preamble = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            preamble = _PREAMBLE + file_meta_bytes(
+                incoming, self.ae.implementation_class_uid, self.ae.implementation_version_name
+            )
             self._spool.store(incoming, [preamble, stream.getbuffer()])
         except _StoreRefused as refused:
             self._log_refusal(refused.status, refused.reason, calling, host, size)
@@ -423,6 +426,42 @@ class Receiver:
             calling_ae_title=calling,
             peer_host=host,
         )
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _element(group_element: tuple[int, int], vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element with a 2-byte length (UI, SH)."""
+    return struct.pack("<HH2sH", group_element[0], group_element[1], vr, len(value)) + value
+
+
+def file_meta_bytes(
+    incoming: IncomingInstance, implementation_class_uid: str, implementation_version_name: str | None
+) -> bytes:
+    """The encoded File Meta Information group for a received instance, without preamble.
+
+    Byte for byte what ``pynetdicom.dsutils.encode_file_meta(event.file_meta)`` writes (the tests compare
+    them), built directly: the validating pydicom route builds and deep-copies two datasets per instance,
+    about a tenth of the handler's time. Every UID here was validated by :func:`incoming_from_header`.
+    """
+
+    def uid(value: str) -> bytes:
+        raw = value.encode("ascii")
+        return raw + b"\x00" if len(raw) % 2 else raw
+
+    version = (implementation_version_name or "").encode("ascii")
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _element((0x0002, 0x0002), b"UI", uid(incoming.sop_class_uid)),
+            _element((0x0002, 0x0003), b"UI", uid(incoming.sop_instance_uid)),
+            _element((0x0002, 0x0010), b"UI", uid(incoming.transfer_syntax_uid)),
+            _element((0x0002, 0x0012), b"UI", uid(implementation_class_uid)),
+            _element((0x0002, 0x0013), b"SH", version + b" " if len(version) % 2 else version),
+        )
+    )
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
 class _StoreRefused(Exception):
