@@ -114,16 +114,35 @@ class _Timer:
         self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
-def read_candidates(paths: Sequence[Path]) -> tuple[list[Candidate], Counter[str]]:
-    """Read every file's header (pixel data deferred); unreadable files are counted, not fatal."""
+def nesting_depth(dataset: Dataset) -> int:
+    """How deeply sequences nest in ``dataset`` (0 for none), walked without recursion."""
+    deepest = 0
+    stack = [(dataset, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for element in current:
+            if element.VR == "SQ":
+                stack.extend((item, depth + 1) for item in element.value)
+    return deepest
+
+
+def read_candidates(paths: Sequence[Path], max_sequence_depth: int) -> tuple[list[Candidate], Counter[str]]:
+    """Read every file's header (pixel data deferred); unreadable or too deeply nested files are counted,
+    not fatal. pydicom parses sequences recursively, so an absurd nesting ends as a RecursionError here,
+    and a merely deep one is refused by ``limits.max_sequence_depth`` before anything else walks it."""
     candidates: list[Candidate] = []
     unreadable: Counter[str] = Counter()
     for path in paths:
         try:
             # Large values (pixel data) are deferred, not read: the header still shows that they exist.
             header = pydicom.dcmread(path, defer_size=4096)
-        except Exception as exc:  # any malformed file: counted with its error type, the rest carries on
+            too_deep = nesting_depth(header) > max_sequence_depth  # also converts every value once
+        except Exception as exc:  # any malformed file (bad VR, bad value): counted, the rest carries on
             unreadable[f"unreadable file ({type(exc).__name__})"] += 1
+            continue
+        if too_deep:
+            unreadable[f"sequences nested deeper than {max_sequence_depth}"] += 1
             continue
         candidates.append(Candidate(path, header))
     return candidates, unreadable
@@ -194,7 +213,7 @@ def process_study(
     """
     timer = _Timer()
     started = time.perf_counter()
-    candidates, skipped = read_candidates(paths)
+    candidates, skipped = read_candidates(paths, settings.limits.max_sequence_depth)
     selection = select_images(candidates, settings.selection, settings.output.manufacturer)
     skipped.update(selection.skipped)
     timer.add("load", started)
@@ -295,9 +314,7 @@ def process_study(
     previews = [
         (
             f"{key[0]}-{key[1]}",
-            burn_outline(
-                image, mask, templates.report.overlay_caption, templates.segments.segments[0].display_rgb
-            ),
+            burn_outline(image, mask, templates.report.overlay_caption, templates.segments.segments[0].display_rgb),
         )
         for key, image, mask in pool.largest("study")
     ]
