@@ -177,3 +177,20 @@ def test_full_disk_gives_out_of_resources_and_no_partial_file(tmp_path: Path, ti
         assert len(files) == statuses.count(0x0000)
         for path in files:  # every acknowledged file is complete
             assert pydicom.dcmread(path).PixelData == big.PixelData
+
+
+def test_per_peer_association_cap(tmp_path: Path) -> None:
+    with receiver(tmp_path, node={"max_associations": 10, "max_associations_per_peer": 2}) as (_rx, settings):
+        open_ones = [scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE") for _ in range(2)]
+        try:
+            assert all(a.is_established for a in open_ones)
+            third = scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE")
+            assert third.is_rejected
+            assert third.acceptor.primitive.result == 0x02  # rejected-transient
+            assert third.acceptor.primitive.diagnostic == 0x02  # local limit exceeded
+        finally:
+            for assoc in open_ones:
+                assoc.release()
+        again = scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE")
+        assert again.is_established  # slots are given back on release
+        again.release()
