@@ -225,7 +225,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    console = Console()
+    # Piped output (a log, a report) gets the whole table rather than 80 columns of it.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in RECEIVERS}
     with tempfile.TemporaryDirectory(prefix="samie-bench-", dir=REPO / "bench") as tmp:
         root = Path(tmp)

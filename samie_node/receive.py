@@ -15,11 +15,15 @@ Statuses returned to the sender:
 0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes``
 0xC213     cannot understand: the instance could not be written (I/O error other than a full disk)
 =========  ==========================================================================
+
+Associations are rejected at A-ASSOCIATE time for a wrong called AE title or a peer not on the allow-list
+(permanent), and for the per-peer cap or free disk space below the floor (transient: the PACS retries).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import struct
 import threading
 import time
@@ -40,9 +44,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
-from samie_node.errors import InvalidInputError, InvalidUidError, SpoolError
+from samie_node.errors import ConfigError, InvalidInputError, InvalidUidError, SpoolError
 from samie_node.listener import BoundedAssociationServer, start_server
 from samie_node.spool import IncomingInstance, OutOfSpaceError, Spool
+from samie_node.tls import server_context
 from samie_node.uids import require_uid
 
 LOG = logging.getLogger("samie_node.receive")
@@ -255,6 +260,7 @@ class Receiver:
         ae.require_called_aet = node.require_called_ae_title
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
 
@@ -269,19 +275,42 @@ class Receiver:
         ]
 
     def start(self) -> list[tuple[str, int]]:
-        """Start the listener(s) in background threads; returns the bound (host, port) pairs."""
+        """Start the plain listener and, when configured, the TLS listener beside it.
+
+        Returns the bound (host, port) pairs. A TLS configuration error stops the start with a
+        :class:`ConfigError` before anything listens.
+        """
         node = self._settings.node
-        server = start_server(self.ae, (node.host, node.port), evt_handlers=self._handlers())
-        self._servers.append(server)
-        bound = [server.server_address[:2]]
-        LOG.info(
-            "listening ae_title=%s address=%s:%d max_associations=%d",
-            node.ae_title,
-            bound[0][0],
-            bound[0][1],
-            node.max_associations,
-        )
+        listeners: list[tuple[int, ssl.SSLContext | None]] = [(node.port, None)]
+        if node.tls_port is not None:
+            if node.tls is None:
+                raise ConfigError("node.tls_port is set but node.tls (certificate, key) is not")
+            listeners.append((node.tls_port, server_context(node.tls)))
+        bound = []
+        for port, context in listeners:
+            server = start_server(
+                self.ae,
+                (node.host, port),
+                evt_handlers=self._handlers(),
+                ssl_context=context,
+                handshake_timeout_s=node.acse_timeout_s,
+                handshake_failed_callback=self._on_handshake_failed,
+            )
+            self._servers.append(server)
+            host, bound_port = server.server_address[:2]
+            bound.append((host, bound_port))
+            LOG.info(
+                "listening ae_title=%s address=%s:%d tls=%s max_associations=%d",
+                node.ae_title,
+                host,
+                bound_port,
+                "yes" if context else "no",
+                node.max_associations,
+            )
         return bound
+
+    def _on_handshake_failed(self, host: str, reason: str) -> None:
+        self._audit.record("tls_handshake_failed", peer_host=host, reason=reason[:200])
 
     def stop(self) -> None:
         """Stop listening and close open associations."""
@@ -299,8 +328,10 @@ class Receiver:
         node = self._settings.node
         assoc = event.assoc
         host = self._peer_host(event)
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        primitive = assoc.requestor.primitive
+        assert primitive is not None  # EVT_REQUESTED fires with the A-ASSOCIATE request in hand
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
         if node.require_called_ae_title and called != node.ae_title:
             self._reject(event, (0x01, 0x01, 0x07), "called AE title not recognised", calling, host)
             return
@@ -309,14 +340,16 @@ class Receiver:
         ):
             self._reject(event, (0x01, 0x01, 0x03), "calling AE title or address not allowed", calling, host)
             return
+        if self._spool.free_bytes() < self._settings.limits.disk_floor_bytes:
+            # Transient, "temporary congestion": a PACS retries later; stores already in flight get 0xA700.
+            self._reject(event, (0x02, 0x03, 0x01), "free disk space below the configured floor", calling, host)
+            return
         if not self._peers.acquire(host, node.max_associations_per_peer):
             self._reject(event, (0x02, 0x03, 0x02), "per-peer association limit reached", calling, host)
             return
-        assoc._samie_counted = True  # released in _on_conn_close
+        setattr(assoc, _COUNTED, True)  # released in _on_conn_close
 
-    def _reject(
-        self, event: evt.Event, reason: tuple[int, int, int], why: str, calling: str, host: str
-    ) -> None:
+    def _reject(self, event: evt.Event, reason: tuple[int, int, int], why: str, calling: str, host: str) -> None:
         LOG.warning("association rejected peer=%s@%s reason=%s", calling, host, why)
         self._audit.record("association_rejected", calling_ae_title=calling, peer_host=host, reason=why)
         event.assoc.acse.send_reject(*reason)
@@ -334,13 +367,11 @@ class Receiver:
         calling = str(event.assoc.requestor.ae_title).strip()
         host = self._peer_host(event)
         LOG.warning("association rejected by policy peer=%s@%s", calling, host)
-        self._audit.record(
-            "association_rejected", calling_ae_title=calling, peer_host=host, reason="acse policy"
-        )
+        self._audit.record("association_rejected", calling_ae_title=calling, peer_host=host, reason="acse policy")
 
     def _on_conn_close(self, event: evt.Event) -> None:
-        if getattr(event.assoc, "_samie_counted", False):
-            event.assoc._samie_counted = False
+        if getattr(event.assoc, _COUNTED, False):
+            setattr(event.assoc, _COUNTED, False)
             self._peers.release(self._peer_host(event))
 
     def handle_store(self, event: evt.Event) -> int:
@@ -415,9 +446,7 @@ class Receiver:
         return STATUS_SUCCESS
 
     def _log_refusal(self, status: int, reason: str, calling: str, host: str, size: int) -> None:
-        LOG.warning(
-            "C-STORE refused status=0x%04X reason=%s bytes=%d peer=%s@%s", status, reason, size, calling, host
-        )
+        LOG.warning("C-STORE refused status=0x%04X reason=%s bytes=%d peer=%s@%s", status, reason, size, calling, host)
         self._audit.record(
             "instance_refused",
             status=f"0x{status:04X}",
@@ -427,6 +456,9 @@ class Receiver:
             peer_host=host,
         )
 
+
+#: Marks an association counted against its peer's cap (an attribute set on pynetdicom's object).
+_COUNTED = "_samie_counted"
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -464,7 +496,7 @@ def file_meta_bytes(
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
-class _StoreRefused(Exception):
+class _StoreRefused(Exception):  # noqa: N818 (internal control flow, not an error type)
     """Internal: ends one C-STORE with a non-success status."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -237,7 +237,6 @@ def test_node_survived_everything(node: NodeProcess) -> None:
     assert "unexpected error" not in log and "loop failed" not in log
 
 
-
 def test_silent_and_idle_connections_time_out_and_free_their_slots(tmp_path: Path) -> None:
     limits = {"max_associations": 4, "max_associations_per_peer": 4, "acse_timeout_s": 2.0, "network_timeout_s": 3.0}
     with running_node(tmp_path, node=limits) as small:
@@ -250,8 +249,12 @@ def test_silent_and_idle_connections_time_out_and_free_their_slots(tmp_path: Pat
             for sock in silent:
                 sock.close()
         assert time.monotonic() - started < 20
-        assert subprocess.run([require_tool("echoscu"), "-aec", "SAMIE_NODE", "127.0.0.1", str(small.port)],
-                              timeout=30).returncode == 0
+        assert (
+            subprocess.run(
+                [require_tool("echoscu"), "-aec", "SAMIE_NODE", "127.0.0.1", str(small.port)], timeout=30
+            ).returncode
+            == 0
+        )
         with raw_association(small.port) as (sock, _):  # associated, then idle: aborted after the network timeout
             started = time.monotonic()
             answer = closed_or_aborted(sock, timeout=20)

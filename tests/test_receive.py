@@ -138,10 +138,29 @@ def test_wrong_called_ae_rejected(tmp_path: Path) -> None:
         assert assoc.acceptor.primitive.diagnostic == 0x07
 
 
-def test_disk_floor_gives_out_of_resources(tmp_path: Path) -> None:
-    with receiver(tmp_path, limits={"disk_floor_bytes": 2**62}) as (_rx, settings):
-        assert send(settings, pydicom.dcmread(CT_SMALL)) == 0xA700
+def test_disk_floor_refuses_new_associations_and_gives_out_of_resources_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = {"bytes": 2**50}
+    monkeypatch.setattr(Spool, "free_bytes", lambda _self: free["bytes"])
+    with receiver(tmp_path, limits={"disk_floor_bytes": 2**30}) as (_rx, settings):
+        assoc = scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE")
+        assert assoc.is_established
+        try:
+            # The disk drops below the floor while this association is open: its stores get 0xA700.
+            free["bytes"] = 2**20
+            assert assoc.send_c_store(pydicom.dcmread(CT_SMALL)).Status == 0xA700
+        finally:
+            assoc.release()
+        # A new association is refused, transiently (temporary congestion), so the PACS retries later.
+        refused = scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE")
+        assert refused.is_rejected
+        assert refused.acceptor.primitive.result == 0x02  # rejected-transient
+        assert refused.acceptor.primitive.result_source == 0x03  # service-provider (presentation)
+        assert refused.acceptor.primitive.diagnostic == 0x01  # temporary congestion
         assert spool_files(settings) == []
+        free["bytes"] = 2**50  # space freed: stores are accepted again
+        assert send(settings, pydicom.dcmread(CT_SMALL)) == 0x0000
 
 
 def test_instance_size_limit(tmp_path: Path) -> None:

@@ -78,9 +78,11 @@ class Case:
 
     def require_view(self, part: str) -> dict[str, Any]:
         if self.view.get("failure"):
-            pytest.fail(f"OHIF did not get through the {self.name} study: {self.view['failure']} "
-                        f"(see {SCREENSHOTS / str(self.view.get('failure_screenshot'))}; "
-                        f"browser errors: {self.view.get('errors')})")
+            pytest.fail(
+                f"OHIF did not get through the {self.name} study: {self.view['failure']} "
+                f"(see {SCREENSHOTS / str(self.view.get('failure_screenshot'))}; "
+                f"browser errors: {self.view.get('errors')})"
+            )
         if part not in self.view:
             pytest.fail(f"no {part} step was recorded for {self.name}: {self.view}")
         return dict(self.view[part])
@@ -136,9 +138,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     timings: dict[str, float] = {}
     cases = {name: Case(name, sources, lesion) for name, (sources, lesion) in _studies().items()}
     control, control_paths = shifted_control(tmp / "control")
-    with running_dicomweb_orthanc(tmp / "pacs") as orthanc, running_node(
-        tmp, send={"return_to_caller": True, "return_port": orthanc.dicom_port}
-    ) as node:
+    with (
+        running_dicomweb_orthanc(tmp / "pacs") as orthanc,
+        running_node(tmp, send={"return_to_caller": True, "return_port": orthanc.dicom_port}) as node,
+    ):
         started = time.monotonic()
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
         for case in cases.values():
@@ -153,12 +156,24 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         for path in control_paths:
             orthanc.upload(path)
         views = [
-            {"name": case.name, "study": case.study_instance_uid, "image": _image_to_show(case),
-             "seg": SEG_DESCRIPTION, "sr": SR_DESCRIPTION}
+            {
+                "name": case.name,
+                "study": case.study_instance_uid,
+                "image": _image_to_show(case),
+                "seg": SEG_DESCRIPTION,
+                "sr": SR_DESCRIPTION,
+            }
             for case in cases.values()
         ]
-        views.append({"name": control.name, "study": control.study_instance_uid, "image": None,
-                      "seg": SEG_DESCRIPTION, "sr": None})
+        views.append(
+            {
+                "name": control.name,
+                "study": control.study_instance_uid,
+                "image": None,
+                "seg": SEG_DESCRIPTION,
+                "sr": None,
+            }
+        )
         started = time.monotonic()
         with running_viewer(f"http://127.0.0.1:{orthanc.http_port}/dicom-web", log_path=tmp / "viewer.log") as url:
             driven = drive(url, views, SCREENSHOTS)
@@ -167,9 +182,11 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         (cases.get(view["name"]) or control).view = view
     ultrasound = cases["ultrasound"].view
     if "seg" in ultrasound and "sr" in ultrasound:
-        side_by_side([SCREENSHOTS / ultrasound["seg"]["after"], SCREENSHOTS / ultrasound["sr"]["screenshot"]],
-                     [ultrasound["seg"]["geometry"]["viewport"], ultrasound["sr"]["geometry"]["viewport"]],
-                     SCREENSHOTS / "what-the-radiologist-sees.png")
+        side_by_side(
+            [SCREENSHOTS / ultrasound["seg"]["after"], SCREENSHOTS / ultrasound["sr"]["screenshot"]],
+            [ultrasound["seg"]["geometry"]["viewport"], ultrasound["sr"]["geometry"]["viewport"]],
+            SCREENSHOTS / "what-the-radiologist-sees.png",
+        )
     (SCREENSHOTS / "timings.json").write_text(json.dumps(timings, indent=2))
     print("viewer test timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
     yield Session(cases, control, timings)
@@ -253,8 +270,10 @@ def test_sr_findings_are_shown_beside_the_image(session: Session, kind: str) -> 
     screenshot = case.shot(sr_view["screenshot"])
     assert outline_drawn(screenshot, geometry, outline) > 0.8
     mask = _seg_mask(case, geometry)
-    inside = mask[np.clip(outline[:, 1].astype(int), 0, geometry.rows - 1),
-                  np.clip(outline[:, 0].astype(int), 0, geometry.columns - 1)]
+    inside = mask[
+        np.clip(outline[:, 1].astype(int), 0, geometry.rows - 1),
+        np.clip(outline[:, 0].astype(int), 0, geometry.columns - 1),
+    ]
     assert inside.mean() > 0.9, "the SR outline does not follow the SEG's region"
     assert not [e for e in case.view["errors"] if "Error Boundary" in e], case.view["errors"]
 
@@ -277,9 +296,16 @@ def test_shifted_seg_is_caught_by_the_pixel_check(session: Session) -> None:
 
 def test_pixel_check_on_a_drawn_overlay() -> None:
     """The check itself, on a synthetic screenshot: an image scaled 2x with an opacity-0.5 overlay."""
-    geometry = ScreenGeometry(origin=np.array([10.0, 20.0]), column_step=np.array([2.0, 0.0]),
-                              row_step=np.array([0.0, 2.0]), rows=60, columns=80, viewport=(0, 0, 200, 160),
-                              sop_instance_uid="1.2.3", frame_number=1)
+    geometry = ScreenGeometry(
+        origin=np.array([10.0, 20.0]),
+        column_step=np.array([2.0, 0.0]),
+        row_step=np.array([0.0, 2.0]),
+        rows=60,
+        columns=80,
+        viewport=(0, 0, 200, 160),
+        sop_instance_uid="1.2.3",
+        frame_number=1,
+    )
     before = np.zeros((200, 240, 3), np.uint8)
     before[20:140, 10:170] = 90
     mask = Lesion(30, 40, 12).mask(60, 80)

@@ -72,8 +72,9 @@ def running_dicomweb_orthanc(tmp: Path, **kwargs: Any) -> contextlib.AbstractCon
 
 
 @contextlib.contextmanager
-def running_viewer(dicomweb_url: str, *, host: str = "127.0.0.1", port: int = 0,
-                   log_path: Path | None = None) -> Iterator[str]:
+def running_viewer(
+    dicomweb_url: str, *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None
+) -> Iterator[str]:
     """``serve.mjs`` for the duration of the block; yields the viewer's URL."""
     node = require_viewer_parts(browser=False)
     log = (log_path or Path(os.devnull)).open("ab")
@@ -106,8 +107,13 @@ def drive(url: str, views: Sequence[dict[str, Any]], out: Path, *, timeout: floa
     out.mkdir(parents=True, exist_ok=True)
     plan = out / "plan.json"
     plan.write_text(json.dumps({"url": url, "out": str(out), "chromium": CHROMIUM, "views": list(views)}))
-    done = subprocess.run([node, str(VIEWER_DIR / "drive.mjs"), str(plan)], cwd=VIEWER_DIR,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [node, str(VIEWER_DIR / "drive.mjs"), str(plan)],
+        cwd=VIEWER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     (out / "drive.log").write_text(done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"drive.mjs exited with {done.returncode}:\n{done.stderr[-4000:]}")
@@ -127,8 +133,10 @@ def wait_for_results(orthanc: Orthanc, study_instance_uid: str, timeout: float =
         if found["SEG"] and found["SR"]:
             return found
         if time.monotonic() > deadline:
-            raise TimeoutError(f"SEG {len(found['SEG'])}, SR {len(found['SR'])} of study {study_instance_uid} "
-                               f"in Orthanc after {timeout} s")
+            raise TimeoutError(
+                f"SEG {len(found['SEG'])}, SR {len(found['SR'])} of study {study_instance_uid} "
+                f"in Orthanc after {timeout} s"
+            )
         time.sleep(1)
 
 
@@ -174,11 +182,18 @@ class ScreenGeometry:
 
     def same_placement(self, other: ScreenGeometry, tolerance: float = 0.01) -> bool:
         """Whether ``other`` shows the same image at the same place on the screen."""
-        return (
-            (self.sop_instance_uid, self.frame_number, self.rows, self.columns)
-            == (other.sop_instance_uid, other.frame_number, other.rows, other.columns)
-            and all(np.allclose(a, b, atol=tolerance) for a, b in (
-                (self.origin, other.origin), (self.column_step, other.column_step), (self.row_step, other.row_step)))
+        return (self.sop_instance_uid, self.frame_number, self.rows, self.columns) == (
+            other.sop_instance_uid,
+            other.frame_number,
+            other.rows,
+            other.columns,
+        ) and all(
+            np.allclose(a, b, atol=tolerance)
+            for a, b in (
+                (self.origin, other.origin),
+                (self.column_step, other.column_step),
+                (self.row_step, other.row_step),
+            )
         )
 
     @property
@@ -273,14 +288,20 @@ def check_overlay(
     far_share = float(tinted[far].mean()) if far_pixels else 0.0
     problems = []
     if region_pixels < min_region_pixels:
-        problems.append(f"the region covers only {region_pixels} measurable screen pixels (at least "
-                        f"{min_region_pixels} needed): nothing to check on this image")
+        problems.append(
+            f"the region covers only {region_pixels} measurable screen pixels (at least "
+            f"{min_region_pixels} needed): nothing to check on this image"
+        )
     elif over < min_over:
-        problems.append(f"overlay absent over the region: {over:.1%} of {region_pixels} screen pixels show the "
-                        f"segment colour (at least {min_over:.0%} expected)")
+        problems.append(
+            f"overlay absent over the region: {over:.1%} of {region_pixels} screen pixels show the "
+            f"segment colour (at least {min_over:.0%} expected)"
+        )
     if far_share > max_far:
-        problems.append(f"overlay present far from the region: {far_share:.1%} of {far_pixels} screen pixels "
-                        f"show the segment colour (at most {max_far:.0%} expected)")
+        problems.append(
+            f"overlay present far from the region: {far_share:.1%} of {far_pixels} screen pixels "
+            f"show the segment colour (at most {max_far:.0%} expected)"
+        )
     return OverlayCheck(over, far_share, region_pixels, far_pixels, tuple(problems))
 
 
@@ -304,8 +325,15 @@ def image_contrast(screenshot: np.ndarray, geometry: ScreenGeometry, mask: np.nd
     return float(luminance[inside].mean() - luminance[outside].mean())
 
 
-def outline_drawn(screenshot: np.ndarray, geometry: ScreenGeometry, points: np.ndarray,
-                  rgb: tuple[int, int, int] = SR_OUTLINE_RGB, *, tolerance: int = 60, radius: int = 2) -> float:
+def outline_drawn(
+    screenshot: np.ndarray,
+    geometry: ScreenGeometry,
+    points: np.ndarray,
+    rgb: tuple[int, int, int] = SR_OUTLINE_RGB,
+    *,
+    tolerance: int = 60,
+    radius: int = 2,
+) -> float:
     """Share of points sampled along a closed image-space polyline that have ``rgb`` on screen nearby."""
     screen = geometry.to_screen(points.astype(float))
     samples: list[np.ndarray] = []
@@ -321,15 +349,15 @@ def outline_drawn(screenshot: np.ndarray, geometry: ScreenGeometry, points: np.n
     return float(np.mean(hits)) if hits else 0.0
 
 
-def side_by_side(screenshots: Sequence[Path], viewports: Sequence[Sequence[float]], out: Path,
-                 gap: int = 8) -> None:
+def side_by_side(screenshots: Sequence[Path], viewports: Sequence[Sequence[float]], out: Path, gap: int = 8) -> None:
     """One picture of several screenshots' viewports, left to right (for the README)."""
     crops = []
     for path, (x, y, width, height) in zip(screenshots, viewports, strict=True):
         with Image.open(path) as image:
             crops.append(image.convert("RGB").crop((int(x), int(y), int(x + width), int(y + height))))
-    picture = Image.new("RGB", (sum(c.width for c in crops) + gap * (len(crops) - 1),
-                                max(c.height for c in crops)), (0, 0, 0))
+    picture = Image.new(
+        "RGB", (sum(c.width for c in crops) + gap * (len(crops) - 1), max(c.height for c in crops)), (0, 0, 0)
+    )
     left = 0
     for crop in crops:
         picture.paste(crop, (left, 0))

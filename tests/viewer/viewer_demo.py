@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="the viewer's listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=3000, help="the viewer's port (default 3000; 0: any free port)")
-    parser.add_argument("--work-dir", type=Path, help="where Orthanc and the node keep their data (default: a new "
-                        "temporary folder)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where Orthanc and the node keep their data (default: a new temporary folder)"
+    )
     parser.add_argument("--no-wait", action="store_true", help="stop everything once the URLs are printed")
     args = parser.parse_args(argv)
     try:
@@ -50,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     photograph, _ = rgb_photograph()
     studies = {"CT series": ct, "ultrasound image": [ultrasound], "RGB photograph": [photograph]}
     print(f"viewer-demo: working in {work}", flush=True)
-    with running_dicomweb_orthanc(work / "pacs") as orthanc, running_node(
-        work, send={"return_to_caller": True, "return_port": orthanc.dicom_port}
-    ) as node:
+    with (
+        running_dicomweb_orthanc(work / "pacs") as orthanc,
+        running_node(work, send={"return_to_caller": True, "return_port": orthanc.dicom_port}) as node,
+    ):
         print(f"Orthanc (PACS): http://127.0.0.1:{orthanc.http_port}/app/explorer.html, DICOM {orthanc.peer}")
         print(f"samie-node: {node.peer} (log: {node.log_path})", flush=True)
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
@@ -69,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nThe viewer: {url}/")
             for name, datasets in studies.items():
                 print(f"  {name}: {url}/viewer?StudyInstanceUIDs={datasets[0].StudyInstanceUID}")
-            print("In a study, double-click the SEG thumbnail (then 'Yes') for the overlay; reload the study and "
-                  "double-click the SR thumbnail for the findings.", flush=True)
+            print(
+                "In a study, double-click the SEG thumbnail (then 'Yes') for the overlay; reload the study and "
+                "double-click the SR thumbnail for the findings.",
+                flush=True,
+            )
             if not args.no_wait:
                 print("Ctrl-C stops Orthanc, the node and the viewer.", flush=True)
                 _wait_for_interrupt()
