@@ -35,9 +35,6 @@ sys.path.insert(0, str(REPO))
 
 from samie_node.sample_studies import ct_series, ultrasound_image, write_datasets  # noqa: E402
 
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-SR = "1.2.840.10008.5.1.4.1.1.88.34"
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -63,21 +60,16 @@ def rest(port: int, method: str, path: str, body: bytes | None = None) -> Any:
 
 
 def results_in_orthanc(http_port: int, study_uid: str) -> bool:
+    """True once the study holds a SEG series and an SR series (series Modality; Orthanc before API
+    version 20 ignores ``RequestedTags`` in ``/tools/find``, so the SOP Class is not asked for)."""
     found = rest(
         http_port,
         "POST",
         "/tools/find",
-        json.dumps(
-            {
-                "Level": "Instance",
-                "Query": {"StudyInstanceUID": study_uid},
-                "RequestedTags": ["SOPClassUID"],
-                "Expand": True,
-            }
-        ).encode(),
+        json.dumps({"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}).encode(),
     )
-    classes = {item.get("RequestedTags", {}).get("SOPClassUID") for item in found}
-    return SEG in classes and SR in classes
+    modalities = {item.get("MainDicomTags", {}).get("Modality") for item in found}
+    return {"SEG", "SR"} <= modalities
 
 
 def rss_peak_kb(pid: int) -> int:
@@ -100,7 +92,7 @@ def main() -> None:
     storescu = shutil.which("storescu")
     if storescu is None:
         raise SystemExit("storescu not found: install Debian package dcmtk (make peers)")
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # whole table in a log
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="samie-e2e-", dir=REPO / "bench") as tmp:
         root = Path(tmp)

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = EngineSettings(device=args.device, precision=args.precision, torch_threads=args.threads)
     device = select_device(engine)
     precision = select_precision(engine, device)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # whole table in a log
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"device: {describe_device(device)} ({device.type}); torch {torch.__version__}; "

@@ -2,7 +2,7 @@
 
 Run::
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--senders 3] [--fault-every 60] [--faults kill,pacs]
+    .venv/bin/python bench/soak.py [--minutes 10] [--senders 3] [--fault-every 60] [--faults kill,pacs] [--pause 10]
 
 Studies (a 1-image ultrasound, a 3-slice CT, an RGB photograph, each with fresh UIDs) are sent by
 ``--senders`` threads over pynetdicom associations. Every ``--fault-every`` seconds a fault is injected,
@@ -137,10 +137,17 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=3)
     parser.add_argument("--fault-every", type=float, default=60.0)
     parser.add_argument("--faults", default="kill,pacs")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=10.0,
+        help="mean seconds each sender waits between studies (default 10: with 3 senders about what a 2-core "
+        "CPU processes, so the run measures a steady state; lower it to build a backlog)",
+    )
     parser.add_argument("--drain-minutes", type=float, default=30.0)
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # whole table in a log
     acknowledged: set[str] = set()
     studies: set[str] = set()
     lock = threading.Lock()
@@ -192,7 +199,7 @@ def main() -> None:
                                     studies.add(str(ds.StudyInstanceUID))
                 except Exception:  # the node may be down (a fault): the sender retries with new studies
                     time.sleep(1)
-                time.sleep(rng.uniform(0.5, 3.0))
+                time.sleep(rng.uniform(0.5, 1.5) * args.pause)
 
         threads = [threading.Thread(target=sender, args=(i,), daemon=True) for i in range(args.senders)]
         for thread in threads:
