@@ -7,6 +7,8 @@ connection a socket of our own class. That socket:
 - bounds what a peer can make us allocate: pynetdicom reads whatever PDU length a peer announces, so a
   header announcing 4 GiB would be honoured. Here a P-DATA-TF PDU longer than the maximum we negotiated,
   or any other PDU over :data:`MAX_CONTROL_PDU_LENGTH`, gets an A-ABORT and the connection is closed;
+  so does a dataset whose fragments add up to more than the instance size limit (pynetdicom would
+  gather all of it in memory before the C-STORE handler could refuse it);
 - reads large blocks with ``recv_into`` into one buffer instead of pynetdicom's 4 KiB ``recv`` calls and
   ``bytearray.extend`` (about 130 calls per 512 KiB CT slice), which is most of the receive cost;
 - acknowledges received data at once (``TCP_QUICKACK``, Linux): dcmtk's storescu leaves Nagle's
@@ -27,6 +29,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import AE
@@ -58,7 +61,11 @@ class BoundedAssociationSocket(AssociationSocket):
     max_p_data_length: int = 16382
     poll_wait_s: float = 0.001
     quickack: bool = False
+    max_instance_bytes: int = 2**62
+    abort_callback: Callable[[str], None] | None = None
     _pending_type: int | None = None
+    _body_type: int | None = None
+    _dataset_bytes: int = 0
 
     @property
     def ready(self) -> bool:
@@ -87,6 +94,7 @@ class BoundedAssociationSocket(AssociationSocket):
         if nr_bytes != 6 and self._pending_type is not None:
             limit = self.max_p_data_length if self._pending_type == _P_DATA_TF else MAX_CONTROL_PDU_LENGTH
             pdu_type, self._pending_type = self._pending_type, None
+            self._body_type = pdu_type
             if nr_bytes > limit:
                 self._abort(f"PDU type 0x{pdu_type:02X} of {nr_bytes} bytes exceeds the limit of {limit}")
         buffer = bytearray(nr_bytes)
@@ -106,10 +114,34 @@ class BoundedAssociationSocket(AssociationSocket):
         if nr_bytes == 6:
             pdu_type = buffer[0]
             self._pending_type = pdu_type if pdu_type in _PDU_TYPES else None
+        elif self._body_type == _P_DATA_TF:
+            self._count_dataset_bytes(buffer)
+        self._body_type = None
         return buffer
+
+    def _count_dataset_bytes(self, body: bytearray) -> None:
+        """Add up the dataset fragments of the message being received; abort above ``max_instance_bytes``.
+
+        pynetdicom gathers a whole dataset in memory before the C-STORE handler sees it, so the instance
+        size limit has to act here, while the fragments arrive. Each PDV item is a 4-byte length, the
+        presentation context ID and a message control header (bit 0: command, bit 1: last fragment).
+        """
+        offset = 0
+        while offset + 6 <= len(body):
+            (item_length,) = struct.unpack_from(">L", body, offset)
+            control = body[offset + 5]
+            if not control & 0x01:
+                self._dataset_bytes += max(item_length - 2, 0)
+                if self._dataset_bytes > self.max_instance_bytes:
+                    self._abort(f"instance larger than limits.max_instance_bytes ({self.max_instance_bytes} bytes)")
+                if control & 0x02:
+                    self._dataset_bytes = 0
+            offset += 4 + item_length
 
     def _abort(self, reason: str) -> None:
         LOG.warning("aborting association: %s", reason)
+        if self.abort_callback is not None:
+            self.abort_callback(reason)
         sock = self.socket
         if sock is not None:
             # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value).
@@ -142,6 +174,10 @@ class _RequestHandler(RequestHandler):
             assoc.dul.socket.__class__ = BoundedAssociationSocket
             sock = cast(BoundedAssociationSocket, assoc.dul.socket)
             sock.max_p_data_length = self.ae.maximum_pdu_size or 2**32 - 1
+            server = cast(BoundedAssociationServer, self.server)
+            sock.max_instance_bytes = server.max_instance_bytes
+            host = str(self.client_address[0])
+            sock.abort_callback = lambda reason: server.on_aborted(host, reason)
             assoc.dul._run_loop_delay = 0  # the wait happens in BoundedAssociationSocket.ready
             if sock.socket is not None:
                 sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -154,6 +190,8 @@ class BoundedAssociationServer(ThreadedAssociationServer):
 
     handshake_timeout_s: float = 15.0
     handshake_failed_callback: Any = None
+    aborted_callback: Any = None
+    max_instance_bytes: int = 2**62
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None  # bound by the constructor
@@ -166,6 +204,10 @@ class BoundedAssociationServer(ThreadedAssociationServer):
         if self.handshake_failed_callback is not None:
             self.handshake_failed_callback(host, reason)
 
+    def on_aborted(self, host: str, reason: str) -> None:
+        if self.aborted_callback is not None:
+            self.aborted_callback(host, reason)
+
 
 def start_server(
     ae: AE,
@@ -175,6 +217,8 @@ def start_server(
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout_s: float = 15.0,
     handshake_failed_callback: Any = None,
+    max_instance_bytes: int = 2**62,
+    aborted_callback: Any = None,
 ) -> BoundedAssociationServer:
     """Bind and serve in a daemon thread; returns the server (``shutdown()`` stops it)."""
     server = cast(
@@ -189,6 +233,8 @@ def start_server(
     )
     server.handshake_timeout_s = handshake_timeout_s
     server.handshake_failed_callback = handshake_failed_callback
+    server.max_instance_bytes = max_instance_bytes
+    server.aborted_callback = aborted_callback
     ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it again
     thread = threading.Thread(target=server.serve_forever, name=f"listener:{address[1]}", daemon=True)
     thread.start()

@@ -27,11 +27,11 @@ from samie_node.encode.seg import build_segmentation, plan_units
 from samie_node.encode.sr import Classification, ClassLabelCode, SegmentSummary, build_report
 from samie_node.encode.templates import Templates
 from samie_node.enhance import sam_ie
-from samie_node.errors import EncodeError, NoImagesError, SamieNodeError
+from samie_node.errors import EncodeError, InvalidUidError, NoImagesError, SamieNodeError
 from samie_node.models import Models
 from samie_node.prepare import PreparedFrame, prepare_dataset
 from samie_node.selection import Candidate, select_images
-from samie_node.uids import derive_uid
+from samie_node.uids import derive_uid, require_uid
 
 LOG = logging.getLogger("samie_node.pipeline")
 
@@ -144,8 +144,31 @@ def read_candidates(paths: Sequence[Path], max_sequence_depth: int) -> tuple[lis
         if too_deep:
             unreadable[f"sequences nested deeper than {max_sequence_depth}"] += 1
             continue
+        bad_uid = _first_invalid_uid(header)
+        if bad_uid:
+            # The encoders copy these into the SEG and SR and look SOP classes up by them.
+            unreadable[f"invalid {bad_uid}"] += 1
+            continue
         candidates.append(Candidate(path, header))
     return candidates, unreadable
+
+
+#: UIDs a source image must carry, valid, before the encoders copy or look them up (Frame of Reference
+#: UID only when present).
+_SOURCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def _first_invalid_uid(header: Dataset) -> str | None:
+    """The keyword of the first missing or malformed UID of a source image, or None when all are valid."""
+    for keyword in (*_SOURCE_UIDS, "FrameOfReferenceUID"):
+        value = header.get(keyword)
+        if value is None and keyword == "FrameOfReferenceUID":
+            continue
+        try:
+            require_uid(value, keyword)
+        except InvalidUidError:
+            return keyword
+    return None
 
 
 def _frames(

@@ -12,7 +12,8 @@ Statuses returned to the sender:
 0xA700     out of resources: the disk is full or below the configured free-space floor
 0xC210     cannot understand: the dataset cannot be parsed or lacks a required UID
 0xC211     cannot understand: a UID is not a valid DICOM UID or does not match the request
-0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes``
+0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes`` (a second check:
+           the listener already aborts the association once the fragments pass the limit)
 0xC213     cannot understand: the instance could not be written (I/O error other than a full disk)
 =========  ==========================================================================
 
@@ -295,6 +296,8 @@ class Receiver:
                 ssl_context=context,
                 handshake_timeout_s=node.acse_timeout_s,
                 handshake_failed_callback=self._on_handshake_failed,
+                max_instance_bytes=self._settings.limits.max_instance_bytes,
+                aborted_callback=self._on_transport_abort,
             )
             self._servers.append(server)
             host, bound_port = server.server_address[:2]
@@ -311,6 +314,9 @@ class Receiver:
 
     def _on_handshake_failed(self, host: str, reason: str) -> None:
         self._audit.record("tls_handshake_failed", peer_host=host, reason=reason[:200])
+
+    def _on_transport_abort(self, host: str, reason: str) -> None:
+        self._audit.record("association_aborted", peer_host=host, reason=reason[:200])
 
     def stop(self) -> None:
         """Stop listening and close open associations."""

@@ -199,3 +199,20 @@ def test_bad_instances_are_skipped_and_the_study_goes_on(
 def test_study_without_images_fails_clearly(models: Models, templates: Templates, settings: Settings) -> None:
     with pytest.raises(NoImagesError, match="no processable image"):
         process_study([bundled("test-SR.dcm"), bundled("rtplan.dcm")], models, templates, settings)
+
+
+def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
+    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    # Found by the receive fuzz test: a dataset whose own SOP Class UID is garbage (the C-STORE request's
+    # class was valid, so it was stored) made highdicom fail with a KeyError while copying attributes.
+    paths, _ = ct_study
+    bad = pydicom.dcmread(paths[0])
+    bad.SOPClassUID = "1.2.840.\xf40008.5.1.4.1.1.2"
+    broken = tmp_path / "bad-class.dcm"
+    bad.save_as(broken)
+    result = process_study([*paths[1:], broken], models, templates, settings)
+    assert result.summary["images"] == len(paths) - 1
+    assert result.summary["skipped"] == {"invalid SOPClassUID": 1}
+    with pytest.raises(NoImagesError, match="invalid SOPClassUID"):
+        process_study([broken], models, templates, settings)

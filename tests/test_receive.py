@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,10 +164,31 @@ def test_disk_floor_refuses_new_associations_and_gives_out_of_resources_in_fligh
         assert send(settings, pydicom.dcmread(CT_SMALL)) == 0x0000
 
 
-def test_instance_size_limit(tmp_path: Path) -> None:
-    with receiver(tmp_path, limits={"max_instance_bytes": 4096}) as (_rx, settings):
-        assert send(settings, pydicom.dcmread(CT_SMALL)) == 0xC212
+def test_instance_over_the_size_limit_is_aborted_as_it_arrives(tmp_path: Path) -> None:
+    # CT_small is about 39 KB; fragments of at most ~16 KB each (the node's maximum PDU length).
+    with receiver(tmp_path, limits={"max_instance_bytes": 20_000}, node={"maximum_pdu_length": 16384}) as (
+        _rx,
+        settings,
+    ):
+        assoc = scu().associate("127.0.0.1", settings.node.port, ae_title="SAMIE_NODE")
+        assert assoc.is_established
+        status = assoc.send_c_store(pydicom.dcmread(CT_SMALL))
+        assert not status  # no response: the association was aborted before the dataset was complete
+        # The node sends A-ABORT and closes; with the sender's fragments still unread the close can reach
+        # the sender as a reset before the A-ABORT PDU, so either ending is accepted here.
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not assoc.is_established
         assert spool_files(settings) == []
+        audit = (settings.node.data_dir / "audit.jsonl").read_text(encoding="utf-8")
+        assert '"association_aborted"' in audit and "max_instance_bytes" in audit
+        # An instance within the limit on a new association is stored: the node carries on.
+        small = pydicom.dcmread(CT_SMALL)
+        small.PixelData = small.PixelData[:4096]
+        small.Rows, small.Columns = 32, 64
+        assert send(settings, small) == 0x0000
+        assert len(spool_files(settings)) == 1
 
 
 @pytest.fixture()

@@ -74,7 +74,7 @@ def build_overlay(
             manufacturer=manufacturer[:64],
             patient_orientation=_orientation(source) or ("L", "F"),
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         raise EncodeError(f"highdicom refused the secondary capture: {exc}") from exc
     if _orientation(source) is None:
         # highdicom insists on an orientation; the truth is that none is known, which General Image

@@ -177,7 +177,7 @@ def build_segmentation(
             series_description=templates.segments.series_description[:64],
             omit_empty_frames=omit_empty,
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         raise EncodeError(f"highdicom refused the SEG: {exc}") from exc
     source = unit.sources[0]
     if "FrameOfReferenceUID" not in seg:

@@ -349,7 +349,7 @@ def build_report(
             is_final=False,
             is_verified=False,
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         raise EncodeError(f"highdicom refused the SR: {exc}") from exc
     sr.SeriesDescription = templates.report.series_description[:64]
     return sr
