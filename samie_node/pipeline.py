@@ -146,26 +146,23 @@ def read_candidates(paths: Sequence[Path], max_sequence_depth: int) -> tuple[lis
             continue
         bad_uid = _first_invalid_uid(header)
         if bad_uid:
-            # The encoders copy these into the SEG and SR and look SOP classes up by them.
             unreadable[f"invalid {bad_uid}"] += 1
             continue
         candidates.append(Candidate(path, header))
     return candidates, unreadable
 
 
-#: UIDs a source image must carry, valid, before the encoders copy or look them up (Frame of Reference
-#: UID only when present).
+#: UIDs a source image must carry, valid, before the encoders copy them or look SOP classes up by them.
 _SOURCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def _first_invalid_uid(header: Dataset) -> str | None:
-    """The keyword of the first missing or malformed UID of a source image, or None when all are valid."""
-    for keyword in (*_SOURCE_UIDS, "FrameOfReferenceUID"):
-        value = header.get(keyword)
-        if value is None and keyword == "FrameOfReferenceUID":
-            continue
+    """The keyword of the first missing or malformed UID of a source image (Frame of Reference UID only
+    when present), or None when all are valid."""
+    present = [*_SOURCE_UIDS] + (["FrameOfReferenceUID"] if "FrameOfReferenceUID" in header else [])
+    for keyword in present:
         try:
-            require_uid(value, keyword)
+            require_uid(header.get(keyword), keyword)
         except InvalidUidError:
             return keyword
     return None

@@ -17,7 +17,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run([require_tool("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def _issue(folder: Path, name: str, ca: str, *, server: bool) -> None:
+def _issue(folder: Path, name: str, ca: str, *, usage: str) -> None:
+    """A key and a certificate signed by ``ca`` for loopback, with the given extended key usage."""
     _openssl(
         "req",
         "-new",
@@ -33,7 +34,6 @@ def _issue(folder: Path, name: str, ca: str, *, server: bool) -> None:
         cwd=folder,
     )
     ext = folder / f"{name}.ext"
-    usage = "serverAuth" if server else "clientAuth"
     ext.write_text(f"subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n")
     _openssl(
         "x509",
@@ -77,32 +77,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"/CN={ca}",
             cwd=folder,
         )
-    _issue(folder, "node", "ca", server=True)
-    _issue(folder, "pacs", "ca", server=True)
-    _issue(folder, "client", "ca", server=False)
-    _issue(folder, "rogue", "rogue-ca", server=False)
+    _issue(folder, "node", "ca", usage="serverAuth")
     # Orthanc (dcmtk) presents one certificate in both roles; give it one good for either.
-    ext = folder / "pacs-any.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "pacs.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "pacs.crt",
-        "-days",
-        "2",
-        "-sha256",
-        "-extfile",
-        ext.name,
-        cwd=folder,
-    )
+    _issue(folder, "pacs", "ca", usage="serverAuth,clientAuth")
+    _issue(folder, "client", "ca", usage="clientAuth")
+    _issue(folder, "rogue", "rogue-ca", usage="clientAuth")
     return folder
 
 
