@@ -5,7 +5,8 @@ Receivers, each on loopback, each measured with the same sender and files:
 (a) samie-node ``serve`` (fsync'd durable spool + SQLite index),
 (b) pynetdicom's bundled ``storescp`` app (writes files, no fsync),
 (c) Orthanc (Debian package, default storage),
-(d) a pynetdicom accept-and-discard receiver with TCP_NODELAY (the ceiling for a Python receiver).
+(d) a pynetdicom accept-and-discard receiver with TCP_NODELAY (the ceiling of a receiver on pynetdicom's
+    association threads; samie-node serves associations in its own single thread each, see listener.py).
 
 Run::
 

@@ -1,4 +1,7 @@
-"""The DICOM listener: a pynetdicom SCP that answers C-ECHO and stores C-STORE requests in the spool.
+"""The receiving application entity: answers C-ECHO and stores C-STORE requests in the spool.
+
+:mod:`samie_node.listener` speaks the protocol (with pynetdicom's association negotiation); this module
+decides who may associate and what a store does.
 
 The C-STORE handler only validates and writes. It reads the few header elements it needs (UIDs, accession
 number, study date) from the start of the encoded dataset, checks every UID before it becomes a path part,
@@ -12,8 +15,8 @@ Statuses returned to the sender:
 0xA700     out of resources: the disk is full or below the configured free-space floor
 0xC210     cannot understand: the dataset cannot be parsed or lacks a required UID
 0xC211     cannot understand: a UID is not a valid DICOM UID or does not match the request
-0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes`` (a second check:
-           the listener already aborts the association once the fragments pass the limit)
+0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes`` (the listener
+           stops keeping the fragments once they pass the limit, reads the rest and drops it)
 0xC213     cannot understand: the instance could not be written (I/O error other than a full disk)
 =========  ==========================================================================
 
@@ -31,7 +34,7 @@ import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pydicom
 import pydicom.uid as pdu
@@ -46,7 +49,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.errors import ConfigError, InvalidInputError, InvalidUidError, SpoolError
-from samie_node.listener import BoundedAssociationServer, start_server
+from samie_node.listener import Listener, ListenerSettings, Peer, StoreRequest
 from samie_node.spool import IncomingInstance, OutOfSpaceError, Spool
 from samie_node.tls import server_context
 from samie_node.uids import require_uid
@@ -240,7 +243,7 @@ class Receiver:
         self._audit = audit
         self._clock = clock
         self._peers = _PeerCounter()
-        self._servers: list[BoundedAssociationServer] = []
+        self._listeners: list[Listener] = []
         self._stored = 0
         self._stored_lock = threading.Lock()
         self.ae = self._build_ae()
@@ -265,15 +268,19 @@ class Receiver:
             ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
 
-    def _handlers(self) -> list[Any]:
-        return [
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-        ]
+    def _listener_settings(self) -> ListenerSettings:
+        node = self._settings.node
+        return ListenerSettings(
+            ae_title=node.ae_title,
+            supported_contexts=self.ae.supported_contexts,
+            implementation_class_uid=str(self.ae.implementation_class_uid),
+            implementation_version_name=self.ae.implementation_version_name or "",
+            maximum_pdu_length=node.maximum_pdu_length,
+            max_associations=node.max_associations,
+            acse_timeout_s=node.acse_timeout_s,
+            network_timeout_s=node.network_timeout_s,
+            max_instance_bytes=self._settings.limits.max_instance_bytes,
+        )
 
     def start(self) -> list[tuple[str, int]]:
         """Start the plain listener and, when configured, the TLS listener beside it.
@@ -289,18 +296,10 @@ class Receiver:
             listeners.append((node.tls_port, server_context(node.tls)))
         bound = []
         for port, context in listeners:
-            server = start_server(
-                self.ae,
-                (node.host, port),
-                evt_handlers=self._handlers(),
-                ssl_context=context,
-                handshake_timeout_s=node.acse_timeout_s,
-                handshake_failed_callback=self._on_handshake_failed,
-                max_instance_bytes=self._settings.limits.max_instance_bytes,
-                aborted_callback=self._on_transport_abort,
-            )
-            self._servers.append(server)
-            host, bound_port = server.server_address[:2]
+            listener = Listener((node.host, port), self._listener_settings(), self, ssl_context=context)
+            listener.start()
+            self._listeners.append(listener)
+            host, bound_port = listener.server_address
             bound.append((host, bound_port))
             LOG.info(
                 "listening ae_title=%s address=%s:%d tls=%s max_associations=%d",
@@ -312,103 +311,107 @@ class Receiver:
             )
         return bound
 
-    def _on_handshake_failed(self, host: str, reason: str) -> None:
-        self._audit.record("tls_handshake_failed", peer_host=host, reason=reason[:200])
-
-    def _on_transport_abort(self, host: str, reason: str) -> None:
-        self._audit.record("association_aborted", peer_host=host, reason=reason[:200])
-
     def stop(self) -> None:
         """Stop listening and close open associations."""
-        for server in self._servers:
-            server.shutdown()
-        self._servers.clear()
+        for listener in self._listeners:
+            listener.stop()
+        self._listeners.clear()
 
-    # ------------------------------------------------------------ events
+    # ------------------------------------------------- listener.Handlers
 
-    @staticmethod
-    def _peer_host(event: evt.Event) -> str:
-        return str(event.assoc.requestor.address)
+    def on_handshake_failed(self, host: str, reason: str) -> None:
+        self._audit.record("tls_handshake_failed", peer_host=host, reason=reason[:200])
 
-    def _on_requested(self, event: evt.Event) -> None:
+    def on_aborted(self, host: str, reason: str) -> None:
+        self._audit.record("association_aborted", peer_host=host, reason=reason[:200])
+
+    def on_request(self, peer: Peer) -> tuple[int, int, int] | None:
         node = self._settings.node
-        assoc = event.assoc
-        host = self._peer_host(event)
-        primitive = assoc.requestor.primitive
-        assert primitive is not None  # EVT_REQUESTED fires with the A-ASSOCIATE request in hand
-        calling = str(primitive.calling_ae_title).strip()
-        called = str(primitive.called_ae_title).strip()
-        if node.require_called_ae_title and called != node.ae_title:
-            self._reject(event, (0x01, 0x01, 0x07), "called AE title not recognised", calling, host)
-            return
+        if node.require_called_ae_title and peer.called_ae_title != node.ae_title:
+            return self._reject(peer, (0x01, 0x01, 0x07), "called AE title not recognised")
         if node.allowed_peers and not any(
-            peer.ae_title == calling and (not peer.host or peer.host == host) for peer in node.allowed_peers
+            allowed.ae_title == peer.calling_ae_title and (not allowed.host or allowed.host == peer.host)
+            for allowed in node.allowed_peers
         ):
-            self._reject(event, (0x01, 0x01, 0x03), "calling AE title or address not allowed", calling, host)
-            return
+            return self._reject(peer, (0x01, 0x01, 0x03), "calling AE title or address not allowed")
         if self._spool.free_bytes() < self._settings.limits.disk_floor_bytes:
             # Transient, "temporary congestion": a PACS retries later; stores already in flight get 0xA700.
-            self._reject(event, (0x02, 0x03, 0x01), "free disk space below the configured floor", calling, host)
-            return
-        if not self._peers.acquire(host, node.max_associations_per_peer):
-            self._reject(event, (0x02, 0x03, 0x02), "per-peer association limit reached", calling, host)
-            return
-        setattr(assoc, _COUNTED, True)  # released in _on_conn_close
+            return self._reject(peer, (0x02, 0x03, 0x01), "free disk space below the configured floor")
+        if not self._peers.acquire(peer.host, node.max_associations_per_peer):
+            return self._reject(peer, (0x02, 0x03, 0x02), "per-peer association limit reached")
+        return None  # the slot is given back in on_closed
 
-    def _reject(self, event: evt.Event, reason: tuple[int, int, int], why: str, calling: str, host: str) -> None:
-        LOG.warning("association rejected peer=%s@%s reason=%s", calling, host, why)
-        self._audit.record("association_rejected", calling_ae_title=calling, peer_host=host, reason=why)
-        event.assoc.acse.send_reject(*reason)
-        # As pynetdicom does for its own rejections: wait until the reject PDU is out before the
-        # association thread closes the socket, or the peer sees an abort instead of the reason.
-        event.assoc.kill()
+    def _reject(self, peer: Peer, reason: tuple[int, int, int], why: str) -> tuple[int, int, int]:
+        LOG.warning("association rejected peer=%s@%s reason=%s", peer.calling_ae_title, peer.host, why)
+        self._audit.record(
+            "association_rejected", calling_ae_title=peer.calling_ae_title, peer_host=peer.host, reason=why
+        )
+        return reason
 
-    def _on_established(self, event: evt.Event) -> None:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        host = self._peer_host(event)
-        LOG.info("association accepted peer=%s@%s", calling, host)
-        self._audit.record("association_accepted", calling_ae_title=calling, peer_host=host)
+    def on_accepted(self, peer: Peer) -> None:
+        LOG.info("association accepted peer=%s@%s", peer.calling_ae_title, peer.host)
+        self._audit.record("association_accepted", calling_ae_title=peer.calling_ae_title, peer_host=peer.host)
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        host = self._peer_host(event)
-        LOG.warning("association rejected by policy peer=%s@%s", calling, host)
-        self._audit.record("association_rejected", calling_ae_title=calling, peer_host=host, reason="acse policy")
+    def on_closed(self, peer: Peer) -> None:
+        self._peers.release(peer.host)
 
-    def _on_conn_close(self, event: evt.Event) -> None:
-        if getattr(event.assoc, _COUNTED, False):
-            setattr(event.assoc, _COUNTED, False)
-            self._peers.release(self._peer_host(event))
-
-    def handle_store(self, event: evt.Event) -> int:
-        """The C-STORE handler, for associations the node opens itself (C-GET retrieval)."""
-        return self._on_store(event)
-
-    def _on_echo(self, event: evt.Event) -> int:
-        LOG.info("C-ECHO peer=%s@%s", str(event.assoc.requestor.ae_title).strip(), self._peer_host(event))
+    def on_echo(self, peer: Peer) -> int:
+        LOG.info("C-ECHO peer=%s@%s", peer.calling_ae_title, peer.host)
         return STATUS_SUCCESS
 
-    def _on_store(self, event: evt.Event) -> int:
+    def on_store(self, request: StoreRequest) -> int:
+        if request.too_large:
+            limit = self._settings.limits.max_instance_bytes
+            reason = f"instance of more than {limit} bytes (limits.max_instance_bytes)"
+            self._log_refusal(STATUS_TOO_LARGE, reason, request.peer.calling_ae_title, request.peer.host, request.size)
+            return STATUS_TOO_LARGE
+        return self.store(
+            request.data,
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
+            transfer_syntax_uid=request.transfer_syntax_uid,
+            calling=request.peer.calling_ae_title,
+            host=request.peer.host,
+        )
+
+    def handle_store(self, event: evt.Event) -> int:
+        """The pynetdicom C-STORE handler, for associations the node opens itself (C-GET retrieval)."""
+        request = cast(C_STORE, event.request)  # EVT_C_STORE carries a C-STORE request
+        stream = cast(BytesIO, request.DataSet)
+        return self.store(
+            stream.getbuffer(),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling=str(event.assoc.acceptor.ae_title).strip(),
+            host=str(event.assoc.acceptor.address),
+        )
+
+    def store(
+        self,
+        data: memoryview,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling: str,
+        host: str,
+    ) -> int:
         """Validate, write durably, index, answer. One unit of work; errors end here as a status."""
         started = self._clock()
-        request = cast(C_STORE, event.request)  # EVT_C_STORE carries a C-STORE request
-        calling = str(event.assoc.requestor.ae_title).strip()
-        host = self._peer_host(event)
-        stream = cast(BytesIO, request.DataSet)
-        size = stream.seek(0, 2)
-        transfer_syntax = str(event.context.transfer_syntax)
+        size = len(data)
         try:
             if size > self._settings.limits.max_instance_bytes:
                 raise _StoreRefused(STATUS_TOO_LARGE, f"instance of {size} bytes exceeds the limit")
             if self._spool.free_bytes() < self._settings.limits.disk_floor_bytes:
                 raise _StoreRefused(STATUS_OUT_OF_RESOURCES, "free disk space below the configured floor")
             try:
-                header = read_header(stream, transfer_syntax)
+                header = read_header(BytesIO(data), transfer_syntax_uid)
                 incoming = incoming_from_header(
                     header,
-                    sop_class_uid=str(request.AffectedSOPClassUID),
-                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                    transfer_syntax_uid=transfer_syntax,
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    transfer_syntax_uid=transfer_syntax_uid,
                     calling_ae_title=calling,
                     calling_host=host,
                 )
@@ -418,7 +421,7 @@ class Receiver:
             preamble = _PREAMBLE + file_meta_bytes(
                 incoming, self.ae.implementation_class_uid, self.ae.implementation_version_name
             )
-            self._spool.store(incoming, [preamble, stream.getbuffer()])
+            self._spool.store(incoming, [preamble, data])
         except _StoreRefused as refused:
             self._log_refusal(refused.status, refused.reason, calling, host, size)
             return refused.status
@@ -462,9 +465,6 @@ class Receiver:
             peer_host=host,
         )
 
-
-#: Marks an association counted against its peer's cap (an attribute set on pynetdicom's object).
-_COUNTED = "_samie_counted"
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 

@@ -1,8 +1,9 @@
-"""The transport under the receiver: large PDUs read in blocks, PDU length bounds, File Meta written directly.
+"""The node's upper layer (:mod:`samie_node.listener`): framing, command sets, negotiation, bounds.
 
-:mod:`samie_node.listener` reads PDUs with its own socket class and :mod:`samie_node.receive` builds the
-File Meta group itself, so a full 512 KiB slice is sent over loopback by dcmtk's storescu and by pynetdicom
-and must be stored byte for byte as pynetdicom would have written it.
+The listener frames PDUs, decodes C-STORE/C-ECHO command sets and encodes their responses itself, and
+:mod:`samie_node.receive` builds the File Meta group itself; each is compared here with what pynetdicom
+produces, a full 512 KiB slice sent by dcmtk's storescu and by pynetdicom must be stored byte for byte,
+and the protocol's edges (caps, role selection, rejected contexts, unknown PDUs) are driven over loopback.
 """
 
 from __future__ import annotations
@@ -10,13 +11,24 @@ from __future__ import annotations
 import struct
 import subprocess
 import time
+from io import BytesIO
 from pathlib import Path
 
+import pytest
 from peers import require_tool
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
-from test_receive import receiver, scu
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pynetdicom import AE, build_role
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+from raw_dicom import raw_association
+from test_receive import CT_SMALL, receiver, scu
 
+from samie_node.listener import ProtocolError, decode_command, encode_response, split_p_data
 from samie_node.sample_studies import ct_series, write_datasets
+
+SOP_INSTANCE_UIDS = ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.11111111111111111111111111111111111111"]
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -69,6 +81,126 @@ def test_p_data_longer_than_negotiated_gets_abort_and_node_keeps_serving(tmp_pat
         while not assoc.is_aborted and time.monotonic() < deadline:
             time.sleep(0.05)
         assert assoc.is_aborted
+        again = scu().associate("127.0.0.1", settings.node.port, ae_title=settings.node.ae_title)
+        assert again.is_established
+        assert again.send_c_echo().Status == 0x0000
+        again.release()
+
+
+@pytest.mark.parametrize("sop_instance_uid", SOP_INSTANCE_UIDS)
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC212])
+def test_c_store_response_is_encoded_as_pynetdicom_encodes_it(sop_instance_uid: str, status: int) -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = CTImageStorage
+    primitive.AffectedSOPInstanceUID = sop_instance_uid
+    primitive.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    ours = encode_response(
+        command_field=0x8001,
+        message_id=7,
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=sop_instance_uid,
+        status=status,
+    )
+    assert ours == encode(message.command_set, True, True)
+
+
+def test_c_echo_response_is_encoded_as_pynetdicom_encodes_it() -> None:
+    primitive = C_ECHO()
+    primitive.MessageIDBeingRespondedTo = 65535
+    primitive.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    primitive.Status = 0
+    message = C_ECHO_RSP()
+    message.primitive_to_message(primitive)
+    ours = encode_response(
+        command_field=0x8030, message_id=65535, sop_class_uid="1.2.840.10008.1.1", sop_instance_uid="", status=0
+    )
+    assert ours == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("sop_instance_uid", SOP_INSTANCE_UIDS)
+def test_c_store_request_is_decoded_as_pynetdicom_encoded_it(sop_instance_uid: str) -> None:
+    primitive = C_STORE()
+    primitive.MessageID = 12
+    primitive.AffectedSOPClassUID = MRImageStorage
+    primitive.AffectedSOPInstanceUID = sop_instance_uid
+    primitive.Priority = 2
+    primitive.DataSet = BytesIO(b"\x00" * 8)
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    fields = decode_command(encode(message.command_set, True, True))
+    assert fields == {
+        "AffectedSOPClassUID": MRImageStorage,
+        "CommandField": 0x0001,
+        "MessageID": 12,
+        "Priority": 2,
+        "CommandDataSetType": 0x0001,
+        "AffectedSOPInstanceUID": sop_instance_uid,
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"",  # no Command Field
+        struct.pack("<HHL", 0x0008, 0x0018, 2) + b"1\x00",  # not group 0000
+        struct.pack("<HHL", 0x0000, 0x0100, 40) + b"\x01\x00",  # length past the end
+        struct.pack("<HHL", 0x0000, 0x0100, 4) + b"\x01\x00\x00\x00",  # US of 4 bytes
+        b"\x00\x00\x00",  # truncated element header
+    ],
+)
+def test_malformed_command_sets_are_protocol_errors(command: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_command(command)
+
+
+def test_p_data_items_are_split_and_bad_lengths_refused() -> None:
+    body = struct.pack(">LBB", 5, 1, 0x03) + b"abc" + struct.pack(">LBB", 3, 3, 0x02) + b"d"
+    items = [(cx, control, bytes(fragment)) for cx, control, fragment in split_p_data(memoryview(body))]
+    assert items == [(1, 0x03, b"abc"), (3, 0x02, b"d")]
+    for bad in (struct.pack(">LBB", 1, 1, 0x03), struct.pack(">LBB", 50, 1, 0x03) + b"abc", b"\x00\x00\x00"):
+        with pytest.raises(ProtocolError):
+            split_p_data(memoryview(bad))
+
+
+def test_role_selection_and_rejected_contexts_are_negotiated(tmp_path: Path) -> None:
+    ae = AE(ae_title="ROLES")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(MRImageStorage, DeflatedExplicitVRLittleEndian)  # refused: deflate is unbounded
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    with receiver(tmp_path) as (rx, settings):
+        assoc = ae.associate(
+            "127.0.0.1",
+            settings.node.port,
+            ae_title="SAMIE_NODE",
+            ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)],
+        )
+        assert assoc.is_established
+        try:
+            assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [CTImageStorage]
+            [rejected] = assoc.rejected_contexts
+            assert rejected.abstract_syntax == MRImageStorage
+            assert rejected.result == 0x04  # transfer syntaxes not supported
+            # Role selection went through pynetdicom's negotiation: the node offers no role reversal, so the
+            # requestor keeps the default roles (it stores, the node receives).
+            [accepted] = assoc.accepted_contexts
+            assert (accepted.as_scu, accepted.as_scp) == (True, False)
+            assert assoc.send_c_store(CT_SMALL).Status == 0x0000
+        finally:
+            assoc.release()
+        assert rx.stored == 1
+
+
+def test_unknown_pdu_type_gets_abort_and_node_carries_on(tmp_path: Path) -> None:
+    with receiver(tmp_path) as (_, settings):
+        with raw_association(settings.node.port) as (sock, _context_id):
+            sock.sendall(struct.pack(">BBL", 0x09, 0, 4) + b"\x00" * 4)
+            answer = sock.recv(64)
+        assert answer == struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x01)  # A-ABORT, unrecognised PDU
+        audit = (settings.node.data_dir / "audit.jsonl").read_text(encoding="utf-8")
+        assert '"association_aborted"' in audit and "0x09" in audit
         again = scu().associate("127.0.0.1", settings.node.port, ae_title=settings.node.ae_title)
         assert again.is_established
         assert again.send_c_echo().Status == 0x0000
