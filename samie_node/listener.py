@@ -20,7 +20,10 @@ Bounds, each enforced before anything is allocated for it:
 - a dataset whose fragments add up to more than ``max_instance_bytes`` is read to its end and dropped, and
   the C-STORE is answered with the receiver's "too large" status (the sender learns why; nothing stored);
 - a peer that says nothing gets closed after the ACSE timeout (before association) or an A-ABORT after the
-  network timeout (during it); a TLS handshake runs in the connection's own thread with the ACSE timeout.
+  network timeout (during it); a TLS handshake runs in the connection's own thread with the ACSE timeout;
+- open connections, associated or not, are capped at :data:`CONNECTIONS_PER_ASSOCIATION` times the
+  association cap; a connection over that is closed as soon as it is accepted (a flood of silent sockets
+  cannot make a thread each).
 
 Received data are acknowledged at once (``TCP_QUICKACK``, Linux, plain TCP): dcmtk's storescu leaves
 Nagle's algorithm on, and against Linux's delayed ACK about one 512 KiB slice in forty otherwise waits
@@ -60,6 +63,9 @@ LOG = logging.getLogger("samie_node.listener")
 MAX_CONTROL_PDU_LENGTH = 1024 * 1024
 #: Largest DIMSE command set accepted (a C-STORE-RQ is under 300 bytes).
 MAX_COMMAND_LENGTH = 64 * 1024
+
+#: Open connections allowed per association slot (the rest wait in the ACSE timeout or get rejected).
+CONNECTIONS_PER_ASSOCIATION = 4
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -214,13 +220,22 @@ class Listener:
                 LOG.warning("accept failed: %s", exc)
                 continue
             with self._lock:
-                self._connections.add(conn)
+                crowded = len(self._connections) >= self.settings.max_associations * CONNECTIONS_PER_ASSOCIATION
+                if not crowded:
+                    self._connections.add(conn)
+            if crowded:
+                LOG.warning("too many open connections, closing a new one from peer=%s", address[0])
+                self.handlers.on_aborted(str(address[0]), "too many open connections")
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
             threading.Thread(
                 target=self._serve, args=(conn, str(address[0])), name=f"association:{address[0]}", daemon=True
             ).start()
 
     def _serve(self, conn: socket.socket, host: str) -> None:
         try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 try:
                     conn.settimeout(self.settings.acse_timeout_s)
@@ -233,8 +248,6 @@ class Listener:
                     self._connections.discard(conn)
                     self._connections.add(wrapped)
                 conn = wrapped
-            else:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _Association(self, conn, host).run()
         except Exception:  # one association's failure must never reach the accept loop
             LOG.exception("association with %s ended with an unexpected error", host)

@@ -8,6 +8,7 @@ and the protocol's edges (caps, role selection, rejected contexts, unknown PDUs)
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
 import time
@@ -25,7 +26,13 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[
 from raw_dicom import raw_association
 from test_receive import CT_SMALL, receiver, scu
 
-from samie_node.listener import ProtocolError, decode_command, encode_response, split_p_data
+from samie_node.listener import (
+    CONNECTIONS_PER_ASSOCIATION,
+    ProtocolError,
+    decode_command,
+    encode_response,
+    split_p_data,
+)
 from samie_node.sample_studies import ct_series, write_datasets
 
 SOP_INSTANCE_UIDS = ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.11111111111111111111111111111111111111"]
@@ -201,6 +208,29 @@ def test_unknown_pdu_type_gets_abort_and_node_carries_on(tmp_path: Path) -> None
         assert answer == struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x01)  # A-ABORT, unrecognised PDU
         audit = (settings.node.data_dir / "audit.jsonl").read_text(encoding="utf-8")
         assert '"association_aborted"' in audit and "0x09" in audit
+        again = scu().associate("127.0.0.1", settings.node.port, ae_title=settings.node.ae_title)
+        assert again.is_established
+        assert again.send_c_echo().Status == 0x0000
+        again.release()
+
+
+def test_a_flood_of_silent_connections_is_capped(tmp_path: Path) -> None:
+    with receiver(tmp_path, node={"max_associations": 1, "acse_timeout_s": 30.0}) as (_, settings):
+        cap = 1 * CONNECTIONS_PER_ASSOCIATION
+        silent = [socket.create_connection(("127.0.0.1", settings.node.port)) for _ in range(cap)]
+        time.sleep(0.5)  # accepted, each waiting for its A-ASSOCIATE-RQ
+        try:
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", settings.node.port)) as extra:
+                extra.settimeout(10)
+                assert extra.recv(16) == b""  # closed at once, not after the 30 s ACSE timeout
+            assert time.monotonic() - started < 5
+            audit = (settings.node.data_dir / "audit.jsonl").read_text(encoding="utf-8")
+            assert "too many open connections" in audit
+        finally:
+            for sock in silent:
+                sock.close()
+        time.sleep(0.5)  # the node sees the closes and frees the connections
         again = scu().associate("127.0.0.1", settings.node.port, ae_title=settings.node.ae_title)
         assert again.is_established
         assert again.send_c_echo().Status == 0x0000
