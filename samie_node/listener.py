@@ -249,6 +249,8 @@ class Listener:
                     self._connections.add(wrapped)
                 conn = wrapped
             _Association(self, conn, host).run()
+        except OSError as exc:  # the peer went away while we answered it
+            LOG.info("connection with %s ended: %s", host, exc)
         except Exception:  # one association's failure must never reach the accept loop
             LOG.exception("association with %s ended with an unexpected error", host)
         finally:
@@ -357,7 +359,11 @@ class _Association:
                 self.send_reject(refusal)
                 return
             try:
-                self._accept(primitive)
+                try:
+                    self._accept(primitive)
+                except ProtocolError as exc:
+                    self._abort(exc)
+                    return
                 self.handlers.on_accepted(self.peer)
                 self._data_phase()
             finally:
@@ -380,9 +386,12 @@ class _Association:
             for item in rq.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
         }
-        results, role_items = negotiate_as_acceptor(
-            rq.presentation_context_definition_list, self.settings.supported_contexts, roles or None
-        )
+        try:
+            results, role_items = negotiate_as_acceptor(
+                rq.presentation_context_definition_list, self.settings.supported_contexts, roles or None
+            )
+        except Exception as exc:  # a malformed proposal (pynetdicom raises many types)
+            raise ProtocolError(f"presentation contexts cannot be negotiated ({type(exc).__name__})") from exc
         self.contexts = {int(cx.context_id): cx for cx in results if cx.result == 0x00 and cx.context_id is not None}
         maximum = MaximumLengthNotification()
         maximum.maximum_length_received = self.settings.maximum_pdu_length

@@ -12,20 +12,27 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from peers import require_tool
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_context, build_role
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 from raw_dicom import raw_association
 from test_receive import CT_SMALL, receiver, scu
 
+from samie_node.config import Settings
 from samie_node.listener import (
     CONNECTIONS_PER_ASSOCIATION,
     ProtocolError,
@@ -235,3 +242,53 @@ def test_a_flood_of_silent_connections_is_capped(tmp_path: Path) -> None:
         assert again.is_established
         assert again.send_c_echo().Status == 0x0000
         again.release()
+
+
+def _association_request() -> bytes:
+    """A valid A-ASSOCIATE-RQ (CT storage and verification) as pynetdicom encodes it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "FUZZ"
+    primitive.called_ae_title = "SAMIE_NODE"
+    contexts = [build_context(CTImageStorage, ExplicitVRLittleEndian), build_context(Verification)]
+    for context_id, context in zip((1, 3), contexts, strict=True):
+        context.context_id = context_id
+    primitive.presentation_context_definition_list = contexts
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0"
+    primitive.user_information = [maximum, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+ASSOCIATION_REQUEST = _association_request()
+
+
+@pytest.fixture(scope="module")
+def shared_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with receiver(tmp_path_factory.mktemp("fuzz"), node={"acse_timeout_s": 3.0}) as (_, settings):
+        yield settings
+
+
+@hypothesis_settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.tuples(st.integers(6, len(ASSOCIATION_REQUEST) - 1), st.integers(0, 255)), max_size=6))
+def test_fuzzed_association_requests_are_answered_or_aborted(
+    shared_receiver: Settings, caplog: pytest.LogCaptureFixture, cuts: list[tuple[int, int]]
+) -> None:
+    request = bytearray(ASSOCIATION_REQUEST)
+    for position, value in cuts:
+        request[position] = value
+    with socket.create_connection(("127.0.0.1", shared_receiver.node.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(request)
+        answer = sock.recv(1)
+        if answer == b"\x02":  # accepted: release it properly
+            sock.sendall(struct.pack(">BBLL", 0x05, 0, 4, 0))
+    # A-ASSOCIATE-AC, -RJ, A-ABORT, or (for a request the peer could not have meant) a plain close.
+    assert answer in (b"\x02", b"\x03", b"\x07", b"")
+    assert not [record for record in caplog.records if "unexpected error" in record.getMessage()]
+    if not cuts:
+        assert answer == b"\x02"
