@@ -19,8 +19,9 @@ Bounds, each enforced before anything is allocated for it:
 - a command set over :data:`MAX_COMMAND_LENGTH` gets an A-ABORT;
 - a dataset whose fragments add up to more than ``max_instance_bytes`` is read to its end and dropped, and
   the C-STORE is answered with the receiver's "too large" status (the sender learns why; nothing stored);
-- a peer that says nothing gets closed after the ACSE timeout (before association) or an A-ABORT after the
-  network timeout (during it); a TLS handshake runs in the connection's own thread with the ACSE timeout;
+- a peer that says nothing gets closed after the ACSE timeout (before association), or an A-ABORT after
+  the DIMSE timeout (in the middle of a message) or the network timeout (between messages); a TLS
+  handshake runs in the connection's own thread with the ACSE timeout;
 - open connections, associated or not, are capped at :data:`CONNECTIONS_PER_ASSOCIATION` times the
   association cap; a connection over that is closed as soon as it is accepted (a flood of silent sockets
   cannot make a thread each).
@@ -167,6 +168,7 @@ class ListenerSettings:
     maximum_pdu_length: int
     max_associations: int
     acse_timeout_s: float
+    dimse_timeout_s: float
     network_timeout_s: float
     max_instance_bytes: int
 
@@ -416,9 +418,15 @@ class _Association:
         self.sock.sendall(pdu.encode())
 
     def _data_phase(self) -> None:
-        self.sock.settimeout(self.settings.network_timeout_s)
         message = _Message(self.settings.max_instance_bytes)
+        timeout = self.settings.network_timeout_s
+        self.sock.settimeout(timeout)
         while True:
+            # Silence between messages is bounded by the network timeout, inside one by the DIMSE timeout.
+            wanted = self.settings.dimse_timeout_s if message.started else self.settings.network_timeout_s
+            if wanted != timeout:
+                timeout = wanted
+                self.sock.settimeout(timeout)
             try:
                 pdu_type, body = self.read_pdu()
                 if pdu_type == P_DATA_TF_TYPE:
@@ -439,7 +447,7 @@ class _Association:
                 self._abort(exc)
                 return
             except TimeoutError:
-                LOG.warning("association idle for %.0f s, aborting peer=%s", self.settings.network_timeout_s, self.host)
+                LOG.warning("association silent for %.0f s, aborting peer=%s", timeout, self.host)
                 self.send_abort(ABORT_NOT_SPECIFIED)
                 return
             except (OSError, ConnectionError) as exc:
@@ -496,6 +504,11 @@ class _Message:
         self.size = 0
         self.too_large = False
         self._fields: dict[str, str | int] | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once a fragment of this message has arrived."""
+        return self.context_id != -1
 
     def add(self, context_id: int, control: int, fragment: memoryview, contexts: Mapping[int, object]) -> bool:
         """Take one fragment; returns True when the message is complete."""

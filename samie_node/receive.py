@@ -278,6 +278,7 @@ class Receiver:
             maximum_pdu_length=node.maximum_pdu_length,
             max_associations=node.max_associations,
             acse_timeout_s=node.acse_timeout_s,
+            dimse_timeout_s=node.dimse_timeout_s,
             network_timeout_s=node.network_timeout_s,
             max_instance_bytes=self._settings.limits.max_instance_bytes,
         )

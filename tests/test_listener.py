@@ -29,8 +29,8 @@ from pynetdicom.dsutils import create_file_meta, encode, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
-from raw_dicom import raw_association
-from test_receive import CT_SMALL, receiver, scu
+from raw_dicom import CT_IMAGE_STORAGE, raw_association, store_pdus
+from test_receive import CT_SMALL, receiver, scu, spool_files
 
 from samie_node.config import Settings
 from samie_node.listener import (
@@ -292,3 +292,16 @@ def test_fuzzed_association_requests_are_answered_or_aborted(
     assert not [record for record in caplog.records if "unexpected error" in record.getMessage()]
     if not cuts:
         assert answer == b"\x02"
+
+
+def test_silence_inside_a_message_is_bounded_by_the_dimse_timeout(tmp_path: Path) -> None:
+    with receiver(tmp_path, node={"dimse_timeout_s": 1.0, "network_timeout_s": 30.0}) as (_, settings):
+        with raw_association(settings.node.port) as (sock, context_id):
+            [command, *_] = store_pdus(context_id, CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.8.498.950", b"\x00" * 64)
+            sock.sendall(command)  # the dataset the command announces never comes
+            started = time.monotonic()
+            answer = sock.recv(64)
+            waited = time.monotonic() - started
+        assert answer[:1] == b"\x07"  # A-ABORT
+        assert waited < 10  # the DIMSE timeout (1 s), not the network timeout (30 s)
+        assert spool_files(settings) == []
