@@ -161,7 +161,6 @@ class Handlers(Protocol):
 class ListenerSettings:
     """The protocol parameters of one listening port."""
 
-    ae_title: str
     supported_contexts: list[PresentationContext]
     implementation_class_uid: str
     implementation_version_name: str
@@ -456,7 +455,7 @@ class _Association:
 
     def _answer(self, message: _Message) -> None:
         command = message.command_fields()
-        field = int(command.get("CommandField", -1))
+        field = int(command["CommandField"])  # decode_command refuses a command set without one
         context = self.contexts[message.context_id]
         if field == C_CANCEL_RQ:
             return  # nothing to cancel: every request here is answered before the next is read
@@ -482,7 +481,7 @@ class _Association:
         else:
             status = STATUS_UNRECOGNISED_OPERATION
         response = encode_response(
-            command_field=(field if field >= 0 else C_STORE_RQ) | 0x8000,
+            command_field=field | 0x8000,
             message_id=int(command.get("MessageID", 0)),
             sop_class_uid=sop_class,
             sop_instance_uid=str(command.get("AffectedSOPInstanceUID", "")) if field == C_STORE_RQ else "",

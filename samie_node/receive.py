@@ -254,14 +254,10 @@ class Receiver:
         return self._stored
 
     def _build_ae(self) -> AE:
-        node = self._settings.node
-        ae = AE(ae_title=node.ae_title)
-        ae.maximum_associations = node.max_associations
-        ae.maximum_pdu_size = node.maximum_pdu_length
-        ae.acse_timeout = node.acse_timeout_s
-        ae.dimse_timeout = node.dimse_timeout_s
-        ae.network_timeout = node.network_timeout_s
-        ae.require_called_aet = node.require_called_ae_title
+        """The AE whose supported contexts the listener negotiates and whose implementation class UID and
+        version name go into each stored file's File Meta. It runs no server: timeouts, caps and the
+        called-AE check are the listener's and :meth:`on_request`'s."""
+        ae = AE(ae_title=self._settings.node.ae_title)
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
@@ -271,7 +267,6 @@ class Receiver:
     def _listener_settings(self) -> ListenerSettings:
         node = self._settings.node
         return ListenerSettings(
-            ae_title=node.ae_title,
             supported_contexts=self.ae.supported_contexts,
             implementation_class_uid=str(self.ae.implementation_class_uid),
             implementation_version_name=self.ae.implementation_version_name or "",
