@@ -33,7 +33,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from samie_node.sample_studies import ct_series, ultrasound_image, write_datasets  # noqa: E402
+from samie_node.testing.sample_studies import ct_series, ultrasound_image, write_datasets  # noqa: E402
 
 
 def free_port() -> int:

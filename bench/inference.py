@@ -14,7 +14,7 @@ Run from the repository root::
     Timed repetitions per cell after one warm-up call; the fastest is reported (the median is in the
     JSON), because on a shared machine the noise only ever adds time.
 ``--precision``
-    fp32, bf16 (autocast) or auto (what the node would pick, see ``samie_node.torch_device``).
+    fp32, bf16 (autocast) or auto (what the node would pick, see ``samie_node.engine.device``).
 ``--baseline``
     Also time the LiteMedSAM encoder as the package builds it (batch norm not folded, contiguous
     layout) against the node's, interleaved, to show what the node's changes are worth.
@@ -49,13 +49,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samie_node.classify import CheckpointContent, Classifier, ClassLabel, Preprocessing, build_model
 from samie_node.config import EngineSettings, SegmenterSettings
-from samie_node.enhance import sam_ie
-from samie_node.prepare import prepare_dataset
-from samie_node.segment import load_litemedsam
-from samie_node.synthetic import disc_on_speckle, synthetic_us_dataset
-from samie_node.torch_device import cpu_has_native_bf16, describe_device, select_device, select_precision
+from samie_node.engine.classify import CheckpointContent, Classifier, ClassLabel, Preprocessing, build_model
+from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device, select_precision
+from samie_node.engine.enhance import sam_ie
+from samie_node.engine.prepare import prepare_dataset
+from samie_node.engine.sam import load_litemedsam
+from samie_node.testing.synthetic import disc_on_speckle, synthetic_us_dataset
 
 
 def _time(call: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from samie_node.config import Peer  # noqa: E402
-from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image  # noqa: E402
-from samie_node.send import associate  # noqa: E402
+from samie_node.net.send import associate  # noqa: E402
+from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image  # noqa: E402
 
 
 def free_port() -> int:

@@ -20,11 +20,11 @@ import pydicom
 
 from samie_node.config import Peer, Settings
 from samie_node.encode.templates import Templates
+from samie_node.engine.models import Models
 from samie_node.errors import SamieNodeError
-from samie_node.models import Models
+from samie_node.net.send import calling_ae_title, store_files
 from samie_node.pipeline import StudyResult, process_study
 from samie_node.previews import write_previews
-from samie_node.send import calling_ae_title, store_files
 from samie_node.uids import is_valid_uid
 from samie_node.worker import encode_file
 

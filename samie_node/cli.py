@@ -102,8 +102,8 @@ def echo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the peer.")] = 10.0,
 ) -> None:
     """Check that a peer answers (C-ECHO)."""
-    from samie_node.send import calling_ae_title
-    from samie_node.send import echo as send_echo
+    from samie_node.net.send import calling_ae_title
+    from samie_node.net.send import echo as send_echo
 
     settings = _settings(config)
     try:
@@ -202,8 +202,8 @@ def resend(
     """Re-send results from the outbox; exits non-zero when anything was not delivered."""
     from rich.progress import Progress
 
+    from samie_node.net.send import Sender
     from samie_node.resend import resend as run_resend
-    from samie_node.send import Sender
 
     _configure_logging(False)
     settings = _settings(config, {"node": {"data_dir": data_dir}} if data_dir else None)
@@ -268,7 +268,7 @@ def process(
 
     from samie_node.batch import StudyOutcome, group_by_study, process_paths
     from samie_node.encode.templates import load_templates
-    from samie_node.models import load_models
+    from samie_node.engine.models import load_models
 
     _configure_logging(False)
     settings = _settings(config)
@@ -341,9 +341,9 @@ def retrieve(
     """Pull studies from a PACS (C-FIND, then C-MOVE or C-GET) into the node's spool for processing."""
     from rich.progress import Progress
 
-    from samie_node.receive import Receiver, configure_pynetdicom
-    from samie_node.retrieve import RetrieveOutcome, find_studies, get_study, move_study, retrieve_all
-    from samie_node.send import calling_ae_title
+    from samie_node.net.receive import Receiver, configure_pynetdicom
+    from samie_node.net.retrieve import RetrieveOutcome, find_studies, get_study, move_study, retrieve_all
+    from samie_node.net.send import calling_ae_title
 
     _configure_logging(False)
     settings = _settings(config, {"node": {"data_dir": data_dir}} if data_dir else None)
@@ -417,7 +417,7 @@ def demo(
 # --- engine commands (enhance, train, evaluate) ---
 def _engine(settings: Settings) -> tuple[Any, Any]:
     """The device and autocast dtype the settings ask for."""
-    from samie_node.torch_device import select_device, select_precision
+    from samie_node.engine.device import select_device, select_precision
 
     device = select_device(settings.engine)
     return device, select_precision(settings.engine, device)
@@ -465,8 +465,8 @@ def enhance(
     method: Annotated[str, typer.Option("--method", help="sam_ie or samaug.")] = "sam_ie",
 ) -> None:
     """Segment images and write mask, contour, enhanced and overlay PNGs per image or frame."""
-    from samie_node.enhance import METHOD_NAMES, enhance_files
-    from samie_node.segment import load_segmenter
+    from samie_node.engine.enhance import METHOD_NAMES, enhance_files
+    from samie_node.engine.sam import load_segmenter
 
     if method not in METHOD_NAMES:
         raise _fail(f"--method must be one of {', '.join(METHOD_NAMES)}")
@@ -516,10 +516,10 @@ def train(
     sam_checkpoint: SamCheckpointOption = None,
 ) -> None:
     """Train a classifier on original and SAM-IE enhanced images and write its checkpoint."""
-    from samie_node.classify import ARCHITECTURES, INPUT_MODES, save_checkpoint
-    from samie_node.enhance import METHOD_NAMES
-    from samie_node.segment import load_segmenter
-    from samie_node.train import RichProgress, TrainConfig, settings_digest, train_classifier
+    from samie_node.engine.classify import ARCHITECTURES, INPUT_MODES, save_checkpoint
+    from samie_node.engine.enhance import METHOD_NAMES
+    from samie_node.engine.sam import load_segmenter
+    from samie_node.engine.train import RichProgress, TrainConfig, settings_digest, train_classifier
 
     if arch not in ARCHITECTURES or input_mode not in INPUT_MODES or method not in METHOD_NAMES:
         raise _fail(
@@ -578,8 +578,8 @@ def evaluate(
     sam_checkpoint: SamCheckpointOption = None,
 ) -> None:
     """Report accuracy, ROC AUC and the confusion matrix of a checkpoint on its validation split."""
-    from samie_node.segment import load_segmenter
-    from samie_node.train import RichProgress, evaluate_checkpoint, settings_digest
+    from samie_node.engine.sam import load_segmenter
+    from samie_node.engine.train import RichProgress, evaluate_checkpoint, settings_digest
 
     settings = _settings(config, _segmenter_overrides(segmenter, sam_checkpoint))
     console = Console(stderr=True)

@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from samie_node.config import Peer, Settings, load_settings
-from samie_node.receive import configure_pynetdicom
+from samie_node.net.receive import configure_pynetdicom
+from samie_node.net.send import associate
 from samie_node.runtime import build_node
-from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image
-from samie_node.send import associate
+from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
-from samie_node.receive import Receiver, configure_pynetdicom, incoming_from_file
+from samie_node.net.receive import Receiver, configure_pynetdicom, incoming_from_file
 from samie_node.spool import Spool
 
 LOG = logging.getLogger("samie_node.node")

@@ -26,11 +26,11 @@ from samie_node.encode.sc import SC_SOP_CLASS_UID, build_overlay, burn_outline
 from samie_node.encode.seg import build_segmentation, plan_units
 from samie_node.encode.sr import Classification, ClassLabelCode, SegmentSummary, build_report
 from samie_node.encode.templates import Templates
-from samie_node.enhance import sam_ie
+from samie_node.engine.enhance import sam_ie
+from samie_node.engine.models import Models
+from samie_node.engine.prepare import PreparedFrame, prepare_dataset
+from samie_node.engine.selection import Candidate, select_images
 from samie_node.errors import EncodeError, InvalidUidError, NoImagesError, SamieNodeError
-from samie_node.models import Models
-from samie_node.prepare import PreparedFrame, prepare_dataset
-from samie_node.selection import Candidate, select_images
 from samie_node.uids import derive_uid, require_uid
 
 LOG = logging.getLogger("samie_node.pipeline")

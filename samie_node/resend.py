@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from samie_node.config import Peer
-from samie_node.send import Sender
+from samie_node.net.send import Sender
 from samie_node.spool import OutputRecord, Spool
 
 

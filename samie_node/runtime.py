@@ -7,9 +7,9 @@ import logging
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.encode.templates import load_templates
-from samie_node.models import load_models
+from samie_node.engine.models import load_models
+from samie_node.net.send import Sender
 from samie_node.node import Node
-from samie_node.send import Sender
 from samie_node.spool import Spool
 from samie_node.worker import Worker
 

@@ -17,8 +17,8 @@ import pydicom
 from samie_node.audit import AuditLog
 from samie_node.config import Peer, Settings
 from samie_node.encode.templates import Templates
+from samie_node.engine.models import Models
 from samie_node.errors import SamieNodeError
-from samie_node.models import Models
 from samie_node.pipeline import StudyResult, process_study
 from samie_node.previews import write_previews
 from samie_node.spool import Spool, StudyRecord

@@ -20,7 +20,7 @@ from pydicom.data import get_testdata_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samie_node.config import SegmenterSettings
-from samie_node.segment import MaskSet, SamSegmenter, load_litemedsam
+from samie_node.engine.sam import MaskSet, SamSegmenter, load_litemedsam
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_fixtures import CPU
 
-from samie_node.classify import (
+from samie_node.engine.classify import (
     CheckpointContent,
     ClassLabel,
     ISADenseNet,

@@ -11,9 +11,9 @@ from engine_fixtures import dice, pydicom_file
 from typer.testing import CliRunner
 
 from samie_node.cli import app
-from samie_node.enhance import contour_map, enhancement_method, label_picture, overlay, sam_ie, samaug
-from samie_node.segment import MaskSet
-from samie_node.synthetic import disc_on_speckle
+from samie_node.engine.enhance import contour_map, enhancement_method, label_picture, overlay, sam_ie, samaug
+from samie_node.engine.sam import MaskSet
+from samie_node.testing.synthetic import disc_on_speckle
 
 
 def _grey_image(size: int = 8) -> np.ndarray:

@@ -18,7 +18,8 @@ from pynetdicom import AE
 from pynetdicom.presentation import build_context
 from store_scp import StoreSCP
 
-from samie_node.sample_studies import (
+from samie_node.spool import TMP_MARKER
+from samie_node.testing.sample_studies import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,
@@ -26,7 +27,6 @@ from samie_node.sample_studies import (
     ultrasound_image,
     write_datasets,
 )
-from samie_node.spool import TMP_MARKER
 
 
 def send_files(port: int, paths: list[Path], results: list[int], calling: str = "LOADTEST") -> None:

@@ -1,7 +1,7 @@
-"""The node's upper layer (:mod:`samie_node.listener`): framing, command sets, negotiation, bounds.
+"""The node's upper layer (:mod:`samie_node.net.listener`): framing, command sets, negotiation, bounds.
 
 The listener frames PDUs, decodes C-STORE/C-ECHO command sets and encodes their responses itself, and
-:mod:`samie_node.receive` builds the File Meta group itself; each is compared here with what pynetdicom
+:mod:`samie_node.net.receive` builds the File Meta group itself; each is compared here with what pynetdicom
 produces, a full 512 KiB slice sent by dcmtk's storescu and by pynetdicom must be stored byte for byte,
 and the protocol's edges (caps, role selection, rejected contexts, unknown PDUs) are driven over loopback.
 """
@@ -33,14 +33,14 @@ from raw_dicom import CT_IMAGE_STORAGE, raw_association, store_pdus
 from test_receive import CT_SMALL, receiver, scu, spool_files
 
 from samie_node.config import Settings
-from samie_node.listener import (
+from samie_node.net.listener import (
     CONNECTIONS_PER_ASSOCIATION,
     ProtocolError,
     decode_command,
     encode_response,
     split_p_data,
 )
-from samie_node.sample_studies import ct_series, write_datasets
+from samie_node.testing.sample_studies import ct_series, write_datasets
 
 SOP_INSTANCE_UIDS = ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.11111111111111111111111111111111111111"]
 

@@ -16,9 +16,9 @@ from store_scp import StoreSCP
 
 from samie_node.audit import AuditLog
 from samie_node.config import load_settings
-from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
-from samie_node.send import Sender
+from samie_node.net.send import Sender
 from samie_node.spool import Spool
+from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
 
 
 def samie(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

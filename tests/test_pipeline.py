@@ -15,10 +15,16 @@ from pydicom.data import get_testdata_file
 
 from samie_node.config import Settings, load_settings
 from samie_node.encode.templates import Templates, load_templates
+from samie_node.engine.models import Models, load_models
 from samie_node.errors import NoImagesError
-from samie_node.models import Models, load_models
 from samie_node.pipeline import StudyResult, process_study
-from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_cine, ultrasound_image, write_datasets
+from samie_node.testing.sample_studies import (
+    ct_series,
+    rgb_photograph,
+    ultrasound_cine,
+    ultrasound_image,
+    write_datasets,
+)
 from samie_node.worker import encode_file
 
 

@@ -16,13 +16,13 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.sequence import Sequence as DicomSequence
 
-from samie_node.errors import UnsupportedImageError
-from samie_node.prepare import (
+from samie_node.engine.prepare import (
     check_pixel_budget,
     frames_from_file,
     image_from_file,
     prepare_dataset,
 )
+from samie_node.errors import UnsupportedImageError
 
 LIMIT = 100_000_000
 
@@ -309,7 +309,7 @@ def test_frames_from_file_reads_dicom_and_pictures(tmp_path: Path) -> None:
 
 
 def test_written_synthetic_dicom_round_trips(tmp_path: Path) -> None:
-    from samie_node.synthetic import LESION_KINDS, write_lesion_dataset
+    from samie_node.testing.synthetic import LESION_KINDS, write_lesion_dataset
 
     written = write_lesion_dataset(tmp_path, n_per_class=1, size=40, image_format="dicom", seed=3)
     for kind in LESION_KINDS:

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from samie_node.audit import AuditLog
 from samie_node.config import Settings, load_settings
-from samie_node.receive import Receiver, configure_pynetdicom
+from samie_node.net.receive import Receiver, configure_pynetdicom
 from samie_node.spool import TMP_MARKER, Spool
 
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))

@@ -10,7 +10,7 @@ from dicom_checks import assert_dciodvfy_clean
 from peers import free_port, running_node, running_orthanc
 from store_scp import StoreSCP
 
-from samie_node.sample_studies import ct_series, ultrasound_image, write_datasets
+from samie_node.testing.sample_studies import ct_series, ultrasound_image, write_datasets
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

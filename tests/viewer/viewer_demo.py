@@ -27,7 +27,7 @@ import pytest  # noqa: E402  (peers report a missing tool with pytest.fail)
 from peers import running_node  # noqa: E402
 from viewer_support import require_viewer_parts, running_dicomweb_orthanc, running_viewer, wait_for_results  # noqa: E402
 
-from samie_node.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets  # noqa: E402
+from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

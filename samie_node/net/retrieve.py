@@ -25,11 +25,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from samie_node.config import Peer
 from samie_node.errors import DeliveryError
-from samie_node.receive import ACCEPTED_TRANSFER_SYNTAXES
-from samie_node.send import associate
+from samie_node.net.receive import ACCEPTED_TRANSFER_SYNTAXES
+from samie_node.net.send import associate
 from samie_node.uids import require_uid
 
-LOG = logging.getLogger("samie_node.retrieve")
+LOG = logging.getLogger("samie_node.net.retrieve")
 
 _UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 # Storage contexts offered with SCP role on a C-GET association (at most 128 contexts in all).

@@ -40,7 +40,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from samie_node import __version__
-from samie_node.classify import (
+from samie_node.config import SegmenterSettings
+from samie_node.engine.classify import (
     CheckpointContent,
     Classifier,
     ClassLabel,
@@ -49,11 +50,10 @@ from samie_node.classify import (
     file_sha256,
     load_classifier,
 )
-from samie_node.config import SegmenterSettings
-from samie_node.enhance import enhancement_method
+from samie_node.engine.enhance import enhancement_method
+from samie_node.engine.prepare import frames_from_file, is_dicom_file
+from samie_node.engine.sam import Segmenter
 from samie_node.errors import InvalidInputError, UnsupportedImageError
-from samie_node.prepare import frames_from_file, is_dicom_file
-from samie_node.segment import Segmenter
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 LOCAL_SCHEME = "99SAMIE"
@@ -138,7 +138,7 @@ class TrainConfig:
     Attributes
     ----------
     arch, arch_options
-        The network (see :func:`samie_node.classify.build_model`).
+        The network (see :func:`samie_node.engine.classify.build_model`).
     epochs, batch_size, learning_rate, weight_decay
         AdamW with a cosine learning-rate schedule.
     image_size
@@ -595,7 +595,7 @@ def train_classifier(
     config
         The training set-up.
     segmenter
-        Makes the masks of the enhanced images (any :class:`~samie_node.segment.Segmenter`).
+        Makes the masks of the enhanced images (any :class:`~samie_node.engine.sam.Segmenter`).
     device
         Where the network trains.
     cache_dir

@@ -57,7 +57,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-LOG = logging.getLogger("samie_node.listener")
+LOG = logging.getLogger("samie_node.net.listener")
 
 #: Largest non-P-DATA PDU accepted (an A-ASSOCIATE-RQ with 128 presentation contexts and extended
 #: negotiation is a few tens of KiB).

@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from samie_node.engine.prepare import frames_from_file
+from samie_node.engine.sam import MaskSet, Segmenter
 from samie_node.errors import SamieNodeError
-from samie_node.prepare import frames_from_file
-from samie_node.segment import MaskSet, Segmenter
 
 #: Overlay colours (RGB) of :func:`overlay`: masks in a translucent green, contours in yellow.
 MASK_COLOUR = (0, 200, 0)

@@ -1,6 +1,6 @@
 """The receiving application entity: answers C-ECHO and stores C-STORE requests in the spool.
 
-:mod:`samie_node.listener` speaks the protocol (with pynetdicom's association negotiation); this module
+:mod:`samie_node.net.listener` speaks the protocol (with pynetdicom's association negotiation); this module
 decides who may associate and what a store does.
 
 The C-STORE handler only validates and writes. It reads the few header elements it needs (UIDs, accession
@@ -49,12 +49,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.errors import ConfigError, InvalidInputError, InvalidUidError, SpoolError
-from samie_node.listener import Listener, ListenerSettings, Peer, StoreRequest
+from samie_node.net.listener import Listener, ListenerSettings, Peer, StoreRequest
+from samie_node.net.tls import server_context
 from samie_node.spool import IncomingInstance, OutOfSpaceError, Spool
-from samie_node.tls import server_context
 from samie_node.uids import require_uid
 
-LOG = logging.getLogger("samie_node.receive")
+LOG = logging.getLogger("samie_node.net.receive")
 
 #: Transfer syntaxes stored as received. Deflated Explicit VR Little Endian is deliberately absent: it
 #: inflates without a size bound in pydicom/pynetdicom (a "deflate bomb"), so a peer must send it in

@@ -56,8 +56,8 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torchvision.ops import batched_nms
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.device import inference_context
 from samie_node.errors import ModelError
-from samie_node.torch_device import inference_context
 
 #: The logit offset of SAM's stability score: IoU of the masks thresholded at -1 and +1.
 STABILITY_OFFSET = 1.0

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass
 
 from samie_node import __version__
-from samie_node.classify import Classifier, load_classifier
 from samie_node.config import Settings
 from samie_node.encode.seg import AlgorithmInfo
-from samie_node.segment import Segmenter, load_segmenter
-from samie_node.torch_device import describe_device, select_device, select_precision
+from samie_node.engine.classify import Classifier, load_classifier
+from samie_node.engine.device import describe_device, select_device, select_precision
+from samie_node.engine.sam import Segmenter, load_segmenter
 
-LOG = logging.getLogger("samie_node.models")
+LOG = logging.getLogger("samie_node.engine.models")
 
 
 @dataclass(frozen=True)

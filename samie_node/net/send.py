@@ -24,10 +24,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from samie_node.audit import AuditLog
 from samie_node.config import Peer, Settings
 from samie_node.errors import ConfigError, DeliveryError
+from samie_node.net.tls import client_context
 from samie_node.spool import OutputRecord, Spool
-from samie_node.tls import client_context
 
-LOG = logging.getLogger("samie_node.send")
+LOG = logging.getLogger("samie_node.net.send")
 
 _TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 

@@ -37,8 +37,8 @@ import torch
 import torchvision
 from torch import nn
 
+from samie_node.engine.device import inference_context
 from samie_node.errors import ModelError
-from samie_node.torch_device import inference_context
 
 #: The ``format`` field of checkpoints this module writes and reads.
 CHECKPOINT_FORMAT = "samie-node-classifier/1"
