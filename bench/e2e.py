@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,24 +32,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from samie_node.testing.ports import free_port, wait_for_port  # noqa: E402
 from samie_node.testing.sample_studies import ct_series, ultrasound_image, write_datasets  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(port)
 
 
 def rest(port: int, method: str, path: str, body: bytes | None = None) -> Any:
@@ -125,8 +108,8 @@ def main() -> None:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_port(http_port)
-            wait_port(node_port)
+            wait_for_port(http_port)
+            wait_for_port(node_port)
             studies: list[tuple[str, list[Any]]] = [("US, 1 image", [ultrasound_image()[0]])]
             sizes = ([10, 25, 50] if args.scaling else []) + [args.ct_slices]
             for slices in sizes:

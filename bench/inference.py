@@ -54,7 +54,8 @@ from samie_node.engine.classify import CheckpointContent, Classifier, ClassLabel
 from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device, select_precision
 from samie_node.engine.enhance import sam_ie
 from samie_node.engine.prepare import prepare_dataset
-from samie_node.engine.sam import load_litemedsam
+from samie_node.engine.sam import Placement
+from samie_node.engine.weights import load_litemedsam
 from samie_node.testing.synthetic import disc_on_speckle, synthetic_us_dataset
 
 
@@ -106,7 +107,7 @@ def _bench_batch(
     args: argparse.Namespace,
 ) -> list[tuple[str, tuple[float, float]]]:
     """Time every stage on ``batch`` images; the encoder gets them as one batch tensor."""
-    segmenter = load_litemedsam(settings, device, precision, batch_sizes=(batch, 2 if device.type == "cpu" else 8))
+    segmenter = load_litemedsam(settings, Placement(device, precision, batch, 2 if device.type == "cpu" else 8))
     rows = [("prepare", _time(lambda: [prepare_dataset(d, max_pixels=10**9) for d in chunk_sets], args.repeats))]
     embeddings = segmenter.embed(chunk)
     rows.append(("encoder (LiteMedSAM)", _time(lambda: segmenter.embed(chunk), args.repeats)))
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             record(stage, batch, seconds, batch)
 
     if args.baseline:
-        plain = load_litemedsam(settings, device, precision, batch_sizes=(1, 2), optimise=False)
-        tuned = load_litemedsam(settings, device, precision, batch_sizes=(1, 2))
+        plain = load_litemedsam(settings, Placement(device, precision, 1, 2), optimise=False)
+        tuned = load_litemedsam(settings, Placement(device, precision, 1, 2))
         # interleaved, so a burst of other work on the machine hits both alike
         pairs = [
             (_time(lambda: plain.embed(images[:1]), 1), _time(lambda: tuned.embed(images[:1]), 1))

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from samie_node.testing.ports import free_port, wait_for_port  # noqa: E402
 from samie_node.testing.sample_studies import ct_series, write_datasets  # noqa: E402
 
 DISCARD_SCP = r"""
@@ -62,21 +62,6 @@ ae.maximum_associations = 32
 ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True,
                 evt_handlers=[(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_C_STORE, lambda e: 0x0000)])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} not listening")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,24 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from samie_node.config import Peer  # noqa: E402
 from samie_node.net.send import associate  # noqa: E402
+from samie_node.testing.ports import free_port, wait_for_port  # noqa: E402
 from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(port)
 
 
 class Pacs:
@@ -98,7 +81,7 @@ class Node:
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        wait_port(self.port)
+        wait_for_port(self.port)
 
     def kill9(self) -> None:
         assert self.proc is not None

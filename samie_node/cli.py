@@ -466,7 +466,7 @@ def enhance(
 ) -> None:
     """Segment images and write mask, contour, enhanced and overlay PNGs per image or frame."""
     from samie_node.engine.enhance import METHOD_NAMES, enhance_files
-    from samie_node.engine.sam import load_segmenter
+    from samie_node.engine.weights import load_segmenter
 
     if method not in METHOD_NAMES:
         raise _fail(f"--method must be one of {', '.join(METHOD_NAMES)}")
@@ -518,8 +518,8 @@ def train(
     """Train a classifier on original and SAM-IE enhanced images and write its checkpoint."""
     from samie_node.engine.classify import ARCHITECTURES, INPUT_MODES, save_checkpoint
     from samie_node.engine.enhance import METHOD_NAMES
-    from samie_node.engine.sam import load_segmenter
     from samie_node.engine.train import RichProgress, TrainConfig, settings_digest, train_classifier
+    from samie_node.engine.weights import load_segmenter
 
     if arch not in ARCHITECTURES or input_mode not in INPUT_MODES or method not in METHOD_NAMES:
         raise _fail(
@@ -578,8 +578,8 @@ def evaluate(
     sam_checkpoint: SamCheckpointOption = None,
 ) -> None:
     """Report accuracy, ROC AUC and the confusion matrix of a checkpoint on its validation split."""
-    from samie_node.engine.sam import load_segmenter
     from samie_node.engine.train import RichProgress, evaluate_checkpoint, settings_digest
+    from samie_node.engine.weights import load_segmenter
 
     settings = _settings(config, _segmenter_overrides(segmenter, sam_checkpoint))
     console = Console(stderr=True)

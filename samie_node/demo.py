@@ -1,25 +1,20 @@
 """``samie-node demo``: the whole product on loopback, for a newcomer, with no GPU and no network.
 
-It starts a small PACS (a pynetdicom Storage SCP that keeps what it receives), starts the node with that
-PACS as its destination, sends three generated studies (a CT series, an ultrasound image and an RGB
-photograph), waits for each study's SEG and SR to come back, and prints a table per study with the
-overlay PNGs the node wrote.
+It starts a small PACS (the Storage SCP of :mod:`samie_node.testing.pacs`, which keeps what it
+receives), starts the node with that PACS as its destination, sends three generated studies (a CT
+series, an ultrasound image and an RGB photograph), waits for each study's SEG and SR to come back, and
+prints a table per study with the overlay PNGs the node wrote.
 """
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 from rich.console import Console
 from rich.table import Table
 
@@ -27,57 +22,9 @@ from samie_node.config import Peer, Settings, load_settings
 from samie_node.net.receive import configure_pynetdicom
 from samie_node.net.send import associate
 from samie_node.runtime import build_node
+from samie_node.testing.pacs import StoreSCP
+from samie_node.testing.ports import free_port
 from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image
-
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class DemoPacs:
-    """A minimal PACS: stores every instance it receives under ``folder`` and notes when results arrive."""
-
-    port: int
-    folder: Path
-    arrivals: dict[str, dict[str, float]] = field(default_factory=dict)  # study -> {sop class: time}
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: Any = None
-
-    def _on_store(self, event: evt.Event) -> int:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        study = str(dataset.StudyInstanceUID)
-        path = self.folder / study / f"{dataset.SOPInstanceUID}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        dataset.save_as(path, enforce_file_format=True)
-        with self._lock:
-            self.arrivals.setdefault(study, {})[str(dataset.SOPClassUID)] = time.monotonic()
-        return 0x0000
-
-    def start(self) -> DemoPacs:
-        ae = AE(ae_title="DEMO_PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(str(context.abstract_syntax), ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-
-    def returned(self, study: str) -> float | None:
-        """When both SEG (or an overlay) and SR of ``study`` had arrived, else None."""
-        with self._lock:
-            got = self.arrivals.get(study, {})
-            return max(got.values()) if SR_CLASS in got and len(got) >= 2 else None
 
 
 def _send(datasets: list[Dataset], node_port: int) -> float:
@@ -85,7 +32,7 @@ def _send(datasets: list[Dataset], node_port: int) -> float:
     contexts = sorted({str(ds.SOPClassUID) for ds in datasets})
     with associate(
         _peer(node_port),
-        [(uid, ["1.2.840.10008.1.2.1"]) for uid in contexts],
+        [(uid, [ExplicitVRLittleEndian]) for uid in contexts],
         calling_ae_title="DEMO_PACS",
         timeout_s=30,
     ) as assoc:
@@ -122,8 +69,8 @@ def run_demo(
     configure_pynetdicom()
     work = work_dir or Path(tempfile.mkdtemp(prefix="samie-demo-"))
     say = log or console.print
-    pacs = DemoPacs(_free_port(), work / "pacs").start()
-    node_port = _free_port()
+    pacs = StoreSCP(free_port(), "DEMO_PACS", folder=work / "pacs").start()
+    node_port = free_port()
     settings = demo_settings(work, node_port, pacs.port, quiet_period_s)
     say(f"[bold]samie-node demo[/bold] in {work}")
     say("loading the models (LiteMedSAM, embedded weights) ...")
@@ -142,7 +89,7 @@ def run_demo(
         pending = set(studies)
         while pending and time.monotonic() < deadline:
             for name in list(pending):
-                if pacs.returned(str(studies[name][0].StudyInstanceUID)) is not None:
+                if pacs.returned(str(studies[name][0].StudyInstanceUID), Comprehensive3DSRStorage) is not None:
                     pending.discard(name)
                     say(f"results back for {name}")
             time.sleep(0.2)
@@ -154,7 +101,7 @@ def run_demo(
             uid = str(datasets[0].StudyInstanceUID)
             record = node.spool.study(uid)
             result = record.result if record is not None else {}
-            returned = pacs.returned(uid)
+            returned = pacs.returned(uid, Comprehensive3DSRStorage)
             classification = result.get("classification", "")
             if isinstance(classification, dict):
                 classification = f"{classification['class']} ({classification['probability']:.2f})"

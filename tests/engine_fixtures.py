@@ -20,14 +20,16 @@ from pydicom.data import get_testdata_file
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samie_node.config import SegmenterSettings
-from samie_node.engine.sam import MaskSet, SamSegmenter, load_litemedsam
+from samie_node.engine.masks import MaskSet
+from samie_node.engine.sam import Placement, SamSegmenter
+from samie_node.engine.weights import load_litemedsam
 
 CPU = torch.device("cpu")
 
 
 def litemedsam_segmenter(**settings: object) -> SamSegmenter:
     """LiteMedSAM with the real bundled weights, float32 on the CPU (deterministic across machines)."""
-    return load_litemedsam(SegmenterSettings(**settings), CPU, None)  # type: ignore[arg-type]
+    return load_litemedsam(SegmenterSettings(**settings), Placement(CPU, None))  # type: ignore[arg-type]
 
 
 def pydicom_file(name: str) -> Path:

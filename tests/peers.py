@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from samie_node.testing.ports import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
@@ -41,25 +42,6 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run the README's test command (it installs dcmtk, orthanc, ...)")
     return path
-
-
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen[Any] | None = None) -> None:
-    """Wait until something accepts connections on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
 def toml_value(value: Any) -> str:

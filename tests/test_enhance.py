@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from samie_node.cli import app
 from samie_node.engine.enhance import contour_map, enhancement_method, label_picture, overlay, sam_ie, samaug
-from samie_node.engine.sam import MaskSet
+from samie_node.engine.masks import MaskSet
 from samie_node.testing.synthetic import disc_on_speckle
 
 

@@ -16,9 +16,9 @@ import pydicom
 from peers import NodeProcess, free_port, node_config, require_tool, running_node
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from store_scp import StoreSCP
 
 from samie_node.spool import TMP_MARKER
+from samie_node.testing.pacs import StoreSCP
 from samie_node.testing.sample_studies import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,

@@ -12,12 +12,12 @@ import pydicom
 from dicom_checks import assert_dciodvfy_clean
 from peers import free_port, running_node, running_orthanc
 from pydicom.data import get_testdata_file
-from store_scp import StoreSCP
 
 from samie_node.audit import AuditLog
 from samie_node.config import load_settings
 from samie_node.net.send import Sender
 from samie_node.spool import Spool
+from samie_node.testing.pacs import StoreSCP
 from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
 
 

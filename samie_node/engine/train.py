@@ -51,8 +51,8 @@ from samie_node.engine.classify import (
     load_classifier,
 )
 from samie_node.engine.enhance import enhancement_method
+from samie_node.engine.masks import Segmenter
 from samie_node.engine.prepare import frames_from_file, is_dicom_file
-from samie_node.engine.sam import Segmenter
 from samie_node.errors import InvalidInputError, UnsupportedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})

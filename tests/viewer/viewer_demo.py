@@ -20,14 +20,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+import pytest  # peers report a missing tool with pytest.fail
+from peers import running_node  # tests/ is on PYTHONPATH (scripts/viewer-demo), as pytest's pythonpath has it
+from viewer_support import require_viewer_parts, running_dicomweb_orthanc, running_viewer, wait_for_results
 
-import pytest  # noqa: E402  (peers report a missing tool with pytest.fail)
-from peers import running_node  # noqa: E402
-from viewer_support import require_viewer_parts, running_dicomweb_orthanc, running_viewer, wait_for_results  # noqa: E402
-
-from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets  # noqa: E402
+from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
 
 
 def main(argv: list[str] | None = None) -> int:
