@@ -31,9 +31,13 @@ peers:
 test: peers install-test
 	$(VENV)/bin/python -m pytest
 
+# ruff, mypy, and the architecture's rules (which folder may import which library, size limits,
+# every setting read by something): tests/test_layout.py, which the test suite runs too.
 lint:
 	$(VENV)/bin/ruff check samie_node tests bench
+	$(VENV)/bin/ruff format --check samie_node tests bench
 	$(VENV)/bin/mypy samie_node
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layout.py
 
 bench: install-test
 	$(VENV)/bin/python bench/ingest.py

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from samie_node.config import Settings
+
 LOG = logging.getLogger("samie_node.audit")
 
 _PHI_KEYS = frozenset({"patient_name", "patient_id", "patient_birth_date", "PatientName", "PatientID"})
@@ -39,6 +41,11 @@ class AuditLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AuditLog:
+        """The node's audit trail as configured (``[audit]``): a file, or nothing when disabled."""
+        return cls(settings.audit_path if settings.audit.enabled else None)
 
     def record(self, event: str, **fields: Any) -> None:
         """Append one event; ``fields`` must be JSON-serialisable and free of PHI."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,15 @@ from typing import Any, Literal
 import pydicom
 
 from samie_node.config import Peer, Settings
+from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates
 from samie_node.engine.models import Models
 from samie_node.errors import SamieNodeError
+from samie_node.files import write_atomically
 from samie_node.net.send import calling_ae_title, store_files
 from samie_node.pipeline import StudyResult, process_study
 from samie_node.previews import write_previews
 from samie_node.uids import is_valid_uid
-from samie_node.worker import encode_file
 
 LOG = logging.getLogger("samie_node.batch")
 
@@ -74,19 +74,12 @@ def group_by_study(paths: Sequence[Path]) -> tuple[dict[str, list[Path]], int]:
     return studies, unusable
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_result(result: StudyResult, folder: Path) -> tuple[list[Path], list[Path]]:
     """Write the study's DICOM outputs and PNG previews; returns (dicom paths, preview paths)."""
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for output in result.outputs:
         path = folder / f"{output.kind}-{output.sop_instance_uid}.dcm"
-        _write_atomically(path, encode_file(output.dataset))
+        write_atomically(path, encode_file(output.dataset))
         written.append(path)
     previews = write_previews(result.previews, folder / "previews")
     return written, previews
@@ -159,7 +152,7 @@ def _process_one(
         len(files),
         [str(p) for p in written],
         [str(p) for p in previews],
-        json.loads(json.dumps(result.summary, default=str)),
+        result.summary.to_dict(),
     )
     if destination is not None:
         try:
@@ -182,5 +175,5 @@ def _process_one(
             "previews": outcome.previews,
             "summary": outcome.summary,
         }
-        _write_atomically(marker, json.dumps(record, indent=2).encode("utf-8"))
+        write_atomically(marker, json.dumps(record, indent=2).encode("utf-8"))
     return outcome

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -180,7 +180,6 @@ class EngineSettings(_Strict):
 class OutputSettings(_Strict):
     """What the node writes back for each study."""
 
-    seg: bool = True
     sr: bool = True
     keep_empty_frames: bool = True
     max_overlays: int = Field(default=8, ge=1, le=1000)
@@ -201,6 +200,18 @@ class SendSettings(_Strict):
     backoff_initial_s: float = Field(default=2.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
+
+    def peer(self, text: str) -> Peer:
+        """The configured destination named ``AE@HOST:PORT`` (with its TLS and options), else that peer as
+        parsed.
+
+        Raises
+        ------
+        ConfigError
+            If ``text`` is not of that form.
+        """
+        wanted = Peer.parse(text)
+        return next((peer for peer in self.destinations if peer.label == wanted.label), wanted)
 
 
 class AuditSettings(_Strict):
@@ -226,6 +237,8 @@ class Settings(BaseSettings):
     send: SendSettings = Field(default_factory=SendSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
+    _environment_overrides: ClassVar[bool] = True
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -235,23 +248,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file (which arrives as init kwargs).
-        return (env_settings, init_settings)
-
-    @property
-    def spool_dir(self) -> Path:
-        """Where received instances live."""
-        return self.node.data_dir / "spool"
+        # The environment overrides the file (which arrives as init kwargs), except once both are merged.
+        return (env_settings, init_settings) if cls._environment_overrides else (init_settings,)
 
     @property
     def outbox_dir(self) -> Path:
         """Where results wait for delivery."""
         return self.node.data_dir / "outbox"
-
-    @property
-    def index_path(self) -> Path:
-        """The SQLite index."""
-        return self.node.data_dir / "index.sqlite3"
 
     @property
     def audit_path(self) -> Path:
@@ -262,16 +265,7 @@ class Settings(BaseSettings):
 class _ExactSettings(Settings):
     """Settings validated from explicit values only (file and environment already merged in)."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    _environment_overrides = False
 
 
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from samie_node.config import Peer, Settings, load_settings
 from samie_node.net.receive import configure_pynetdicom
 from samie_node.net.send import associate
 from samie_node.runtime import build_node
+from samie_node.summary import StudySummary
 from samie_node.testing.pacs import StoreSCP
 from samie_node.testing.ports import free_port
 from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image
@@ -100,11 +101,8 @@ def run_demo(
         for name, datasets in studies.items():
             uid = str(datasets[0].StudyInstanceUID)
             record = node.spool.study(uid)
-            result = record.result if record is not None else {}
+            summary = StudySummary.from_dict(record.result) if record is not None else None
             returned = pacs.returned(uid, Comprehensive3DSRStorage)
-            classification = result.get("classification", "")
-            if isinstance(classification, dict):
-                classification = f"{classification['class']} ({classification['probability']:.2f})"
             latency = (
                 f"{max(0.0, returned - sent_at[name] - quiet_period_s):.1f} s (+{quiet_period_s:.0f} s quiet)"
                 if returned is not None
@@ -113,9 +111,9 @@ def run_demo(
             table.add_row(
                 name,
                 str(datasets[0].Modality),
-                str(result.get("images", 0)),
-                str(result.get("regions", 0)),
-                str(classification or "-"),
+                str(summary.images if summary else 0),
+                str(summary.regions if summary else 0),
+                summary.classification_text() if summary else "-",
                 latency,
             )
             previews.extend(sorted((node.spool.outbox_dir / uid / "previews").glob("*.png"))[:2])

@@ -38,8 +38,6 @@ class Node:
         Validated settings.
     services
         Background services (worker, sender) built by the caller with their models and peers.
-    clock
-        Wall-clock source for the spool (quiet periods, backoff).
     """
 
     def __init__(
@@ -49,7 +47,6 @@ class Node:
         spool: Spool,
         audit: AuditLog,
         services: list[Service] | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.spool = spool

@@ -17,7 +17,6 @@ class ResendSummary:
 
     sent: int = 0
     failed: int = 0
-    skipped: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (sop_instance_uid, destination, error)
 
 
@@ -27,17 +26,15 @@ def resend(
     outputs: Sequence[OutputRecord],
     *,
     to: Peer | None = None,
-    dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ResendSummary:
     """Queue ``outputs`` again and deliver them, one association per destination.
 
-    With ``dry_run`` nothing is queued or sent; every output counts as skipped. Nothing is lost either
-    way: an output that cannot be delivered stays in the outbox (retrying or dead) with its file.
+    Nothing is lost: an output that cannot be delivered stays in the outbox (retrying or dead) with its
+    file.
     """
     summary = ResendSummary()
-    if dry_run or not outputs:
-        summary.skipped = len(outputs)
+    if not outputs:
         return summary
     spool.requeue_outputs([o.id for o in outputs], destination=to.label if to is not None else None)
     wanted = {(o.sop_instance_uid, to.label if to is not None else o.destination) for o in outputs}

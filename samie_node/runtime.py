@@ -25,7 +25,7 @@ def build_node(settings: Settings) -> Node:
     templates = load_templates()
     models = load_models(settings)
     spool = Spool(settings.node.data_dir, fsync=settings.node.fsync)
-    audit = AuditLog(settings.audit_path if settings.audit.enabled else None)
+    audit = AuditLog.for_settings(settings)
     if not settings.send.destinations and not settings.send.return_to_caller:
         LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
     worker = Worker(settings, spool, audit, models, templates)

@@ -26,125 +26,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from samie_node.errors import SpoolError
+from samie_node.files import TMP_MARKER, Buffers, remove_temp_files, write_atomically
+from samie_node.records import (
+    SCHEMA,
+    IncomingInstance,
+    InstanceRecord,
+    OutputRecord,
+    OutputState,
+    StudyRecord,
+    StudyState,
+)
 from samie_node.uids import require_uid
-
-StudyState = Literal["receiving", "ready", "processing", "done", "failed"]
-OutputState = Literal["pending", "retrying", "sent", "dead"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    study_instance_uid TEXT PRIMARY KEY,
-    state TEXT NOT NULL CHECK (state IN ('receiving', 'ready', 'processing', 'done', 'failed')),
-    accession_number TEXT NOT NULL DEFAULT '',
-    study_date TEXT NOT NULL DEFAULT '',
-    calling_ae_title TEXT NOT NULL DEFAULT '',
-    calling_host TEXT NOT NULL DEFAULT '',
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    state_changed REAL NOT NULL,
-    reopened INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    reason TEXT NOT NULL DEFAULT '',
-    result TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS studies_state ON studies (state, last_received);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    study_instance_uid TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
-CREATE TABLE IF NOT EXISTS outputs (
-    id INTEGER PRIMARY KEY,
-    study_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'sent', 'dead')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    sent_at REAL,
-    UNIQUE (sop_instance_uid, destination)
-);
-CREATE INDEX IF NOT EXISTS outputs_state ON outputs (state, next_attempt_at);
-"""
-
-TMP_MARKER = ".tmp-"
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    """One stored instance as the index knows it."""
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    path: Path
-    size: int
-
-
-@dataclass(frozen=True)
-class StudyRecord:
-    """One study as the index knows it."""
-
-    study_instance_uid: str
-    state: StudyState
-    instances: int
-    accession_number: str
-    study_date: str
-    calling_ae_title: str
-    calling_host: str
-    first_received: float
-    last_received: float
-    attempts: int
-    reason: str
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    """One result waiting for, or done with, delivery to one destination."""
-
-    id: int
-    study_instance_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: Path
-    destination: str
-    state: OutputState
-    attempts: int
-    next_attempt_at: float
-    last_error: str
-
-
-@dataclass(frozen=True)
-class IncomingInstance:
-    """What the receiver knows about an instance before it is stored (all UIDs already validated)."""
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    accession_number: str = ""
-    study_date: str = ""
-    calling_ae_title: str = ""
-    calling_host: str = ""
 
 
 def _is_out_of_space(exc: OSError) -> bool:
@@ -186,7 +82,7 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is enough: the files are the durable truth and reconcile() rebuilds missing rows.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool at {self.root}: {exc}") from exc
 
@@ -227,11 +123,8 @@ class Spool:
         sop = require_uid(sop_instance_uid, "SOP Instance UID")
         return self.instances_dir / study / series / f"{sop}.dcm"
 
-    def write_atomically(self, path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-        """Write ``data`` (one buffer or several, concatenated) to ``path``, which is then absent or complete.
-
-        Temp file in the same folder, write, fsync, rename, fsync the folder. On any failure the temp file
-        is removed and nothing is left at ``path`` that was not there before.
+    def write_atomically(self, path: Path, data: Buffers) -> None:
+        """Write ``data`` (one buffer or several, concatenated) to ``path`` durably (:mod:`samie_node.files`).
 
         Raises
         ------
@@ -240,30 +133,9 @@ class Spool:
         SpoolError
             Any other I/O error.
         """
-        tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}-{threading.get_ident()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                for part in [data] if isinstance(data, bytes | memoryview) else data:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            if self._fsync:
-                dir_fd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+            write_atomically(path, data, fsync=self._fsync)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if _is_out_of_space(exc):
                 raise OutOfSpaceError("no space left on the spool disk") from exc
             raise SpoolError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
@@ -623,12 +495,7 @@ class Spool:
                     continue
                 self._index_instance(incoming, path, path.stat().st_size)
                 counts["indexed"] += 1
-        for dirpath, _dirnames, filenames in os.walk(self.outbox_dir):
-            for filename in filenames:
-                if TMP_MARKER in filename:
-                    with contextlib.suppress(OSError):
-                        (Path(dirpath) / filename).unlink()
-                        counts["temp_removed"] += 1
+        counts["temp_removed"] += remove_temp_files(self.outbox_dir)
         missing = known - on_disk
         now = self._clock()
         with self._transaction() as db:
@@ -639,3 +506,15 @@ class Spool:
             )
             counts["requeued"] = cursor.rowcount
         return counts
+
+
+__all__ = [
+    "IncomingInstance",
+    "InstanceRecord",
+    "OutOfSpaceError",
+    "OutputRecord",
+    "OutputState",
+    "Spool",
+    "StudyRecord",
+    "StudyState",
+]

@@ -7,15 +7,13 @@ while its study was processed sends the study back to receiving, to be processed
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
 
-import pydicom
-
 from samie_node.audit import AuditLog
 from samie_node.config import Peer, Settings
+from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates
 from samie_node.engine.models import Models
 from samie_node.errors import SamieNodeError
@@ -24,13 +22,6 @@ from samie_node.previews import write_previews
 from samie_node.spool import Spool, StudyRecord
 
 LOG = logging.getLogger("samie_node.worker")
-
-
-def encode_file(dataset: pydicom.Dataset) -> bytes:
-    """The dataset as a DICOM Part 10 file."""
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer]:
@@ -86,7 +77,7 @@ class Worker:
             if study is None:
                 raise SamieNodeError("study vanished from the index")
             result = self.process(study)
-            final = self._spool.finish_study(study_instance_uid, "done", "", self._summary(result))
+            final = self._spool.finish_study(study_instance_uid, "done", "", result.summary.to_dict())
             outcome, reason = "done", ""
         except SamieNodeError as exc:
             outcome, reason = "failed", str(exc)
@@ -127,7 +118,7 @@ class Worker:
                     self._spool.add_output(
                         study.study_instance_uid, output.sop_class_uid, output.sop_instance_uid, path, peer.label
                     )
-        write_previews(result.previews, folder / "previews")
+        write_previews(result.previews, folder / "previews", fsync=self._settings.node.fsync)
         if not destinations:
             LOG.warning(
                 "no destination configured: results of study_instance_uid=%s stay in %s",
@@ -135,12 +126,3 @@ class Worker:
                 folder,
             )
         return result
-
-    @staticmethod
-    def _summary(result: StudyResult) -> dict[str, object]:
-        summary = dict(result.summary)
-        summary["output_files"] = [
-            {"kind": o.kind, "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
-            for o in result.outputs
-        ]
-        return summary

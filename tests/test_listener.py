@@ -33,13 +33,8 @@ from raw_dicom import CT_IMAGE_STORAGE, raw_association, store_pdus
 from test_receive import CT_SMALL, receiver, scu, spool_files
 
 from samie_node.config import Settings
-from samie_node.net.listener import (
-    CONNECTIONS_PER_ASSOCIATION,
-    ProtocolError,
-    decode_command,
-    encode_response,
-    split_p_data,
-)
+from samie_node.net.dimse import ProtocolError, decode_command, encode_response, split_p_data
+from samie_node.net.listener import CONNECTIONS_PER_ASSOCIATION
 from samie_node.testing.sample_studies import ct_series, write_datasets
 
 SOP_INSTANCE_UIDS = ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.11111111111111111111111111111111111111"]

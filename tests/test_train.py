@@ -19,15 +19,9 @@ from typer.testing import CliRunner
 
 from samie_node.cli import app
 from samie_node.engine.classify import load_classifier, save_checkpoint
-from samie_node.engine.train import (
-    EnhancementCache,
-    TrainConfig,
-    TrainResult,
-    discover_dataset,
-    evaluate_checkpoint,
-    split_files,
-    train_classifier,
-)
+from samie_node.engine.dataset import EnhancementCache, discover_dataset, split_files
+from samie_node.engine.evaluate import evaluate_checkpoint
+from samie_node.engine.train import TrainConfig, TrainResult, train_classifier
 from samie_node.errors import InvalidInputError
 from samie_node.testing.synthetic import LESION_CODES, write_lesion_dataset
 

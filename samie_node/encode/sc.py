@@ -14,8 +14,6 @@ from pydicom.dataset import Dataset
 
 from samie_node.errors import EncodeError
 
-SC_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"
-
 
 def burn_outline(image: np.ndarray, mask: np.ndarray, caption: str, rgb: tuple[int, int, int]) -> np.ndarray:
     """An RGB copy of ``image`` with the outline of ``mask`` drawn in ``rgb`` and ``caption`` at the top."""

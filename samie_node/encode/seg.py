@@ -30,8 +30,6 @@ from samie_node.encode.templates import Templates
 from samie_node.errors import EncodeError
 from samie_node.uids import derive_uid
 
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-
 
 @dataclass(frozen=True)
 class AlgorithmInfo:

@@ -40,8 +40,6 @@ from samie_node.encode.templates import Templates
 from samie_node.errors import EncodeError
 from samie_node.uids import derive_uid
 
-SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-
 
 @dataclass(frozen=True)
 class ClassLabelCode:

@@ -24,8 +24,6 @@ sidecar when one is given.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch import nn
 
 from samie_node.engine.device import inference_context
 from samie_node.errors import ModelError
+from samie_node.files import write_atomically
 
 #: The ``format`` field of checkpoints this module writes and reads.
 CHECKPOINT_FORMAT = "samie-node-classifier/1"
@@ -339,19 +338,10 @@ def save_checkpoint(path: Path, model: nn.Module, content: CheckpointContent) ->
     The file is written to a temporary name in the same folder and renamed, so a reader never sees a
     half-written checkpoint.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(content.to_dict(model.state_dict()), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    state = content.to_dict(model.state_dict())
+    write_atomically(path, lambda stream: torch.save(state, stream))
     digest = file_sha256(path)
-    sidecar_path(path).write_text(f"{digest}  {path.name}\n", encoding="ascii")
+    write_atomically(sidecar_path(path), f"{digest}  {path.name}\n".encode("ascii"))
     return digest
 
 

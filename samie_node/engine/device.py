@@ -4,14 +4,12 @@ The node runs on one device for its whole life: CUDA when present (or when asked
 Mixed precision is applied with :func:`torch.autocast` around inference only, so weights stay in float32
 and a checkpoint written on one device loads on any other.
 
-On a CPU, ``precision = "auto"`` means float32. bf16 is there to ask for: measured on this project's
-2-core AMD EPYC (AVX-512 with native bf16), it makes the LiteMedSAM encoder about 1.5x faster (0.58
-instead of 0.80-0.90 s per image) and a box decode 0.036 instead of 0.053 s, and box-prompted masks agree
-with float32 to Dice 0.998-0.999; but in automatic mode a mask whose stability score sits at the threshold
-can flip (the union of the kept masks agreed to Dice 0.89-1.0 on eight real images), so results would
-depend on the CPU a node runs on. float32 already meets the CPU targets (box mode about 1.1 s, automatic
-mode about 2.2 s per 256 px image end to end), so reproducibility wins. On CPUs without native bf16,
-PyTorch emulates it and it is slower; :func:`cpu_has_native_bf16` tells which kind a machine is.
+On a CPU, ``precision = "auto"`` means float32. bf16 is there to ask for: on CPUs with native bf16
+(AVX512-BF16, AMX) it is faster, and box-prompted masks agree closely with float32, but in automatic
+mode a mask whose stability score sits at a threshold can flip, so results would depend on the CPU a node
+runs on; reproducibility wins (``bench/inference.py`` measures both; README, "Measured here"). On CPUs
+without native bf16, PyTorch emulates it and it is slower; :func:`cpu_has_native_bf16` tells which kind a
+machine is.
 """
 
 from __future__ import annotations

@@ -18,14 +18,13 @@ import numpy as np
 class BoxProposals:
     """Where LiteMedSAM's automatic mode puts box prompts, and which of the resulting masks it keeps.
 
-    LiteMedSAM segments well from a box that is tight around an object (Dice 0.98 on the disc phantom)
-    and poorly from a loose one, and each decoded box costs 35-90 ms on a 2-core CPU. A blind tiling is
-    therefore both slow and weak: 45 tiles at two scales took 4.6-6.2 s per 256 px image and found the
-    disc in 2 of 4 phantoms (best Dice 0.90). The proposals here come from the image itself instead:
-    the grey image, reduced to ``work_size`` px, is smoothed at each of ``smoothing`` scales, split at
-    its Otsu threshold into bright and dark regions, and every connected region of a plausible size gives
-    its bounding box, padded by ``padding``. That found the disc 4 of 4 times (Dice 0.98) with 2 boxes.
-    A regular tiling can be added with ``tile_scales`` (box side as a fraction of the image side).
+    LiteMedSAM segments well from a box that is tight around an object and poorly from a loose one, and
+    every decoded box costs decoder time, so a blind tiling is both slow and weak. The proposals here come
+    from the image itself instead: the grey image, reduced to ``work_size`` px, is smoothed at each of
+    ``smoothing`` scales, split at its Otsu threshold and at grey-level percentiles into bright and dark
+    regions, and every connected region of a plausible size gives its bounding box, padded by
+    ``padding``. A regular tiling can be added with ``tile_scales`` (box side as a fraction of the image
+    side).
 
     Attributes
     ----------

@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from samie_node.config import SelectionSettings
+from samie_node.errors import InvalidUidError
+from samie_node.uids import require_uid
 
-SEGMENTATION_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
+SEGMENTATION_SOP_CLASS_UIDS = frozenset({SegmentationStorage, "1.2.840.10008.5.1.4.1.1.66.7"})  # binary, label map
 _NON_IMAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.88.",  # structured reports
     "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
@@ -78,3 +82,67 @@ def select_images(candidates: Sequence[Candidate], settings: SelectionSettings, 
         else:
             images.append(candidate)
     return Selection(images, skipped)
+
+
+def nesting_depth(dataset: Dataset) -> int:
+    """How deeply sequences nest in ``dataset`` (0 for none), walked without recursion."""
+    deepest = 0
+    stack = [(dataset, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for element in current:
+            if element.VR == "SQ":
+                stack.extend((item, depth + 1) for item in element.value)
+    return deepest
+
+
+#: UIDs a source image must carry, valid, before the encoders copy them or look SOP classes up by them.
+_SOURCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def first_invalid_uid(header: Dataset) -> str | None:
+    """The keyword of the first missing or malformed UID of a source image (Frame of Reference UID only
+    when present), or None when all are valid."""
+    present = [*_SOURCE_UIDS] + (["FrameOfReferenceUID"] if "FrameOfReferenceUID" in header else [])
+    for keyword in present:
+        try:
+            require_uid(header.get(keyword), keyword)
+        except InvalidUidError:
+            return keyword
+    return None
+
+
+def read_candidates(paths: Sequence[Path], max_sequence_depth: int) -> tuple[list[Candidate], Counter[str]]:
+    """Read every file's header (pixel data deferred); unreadable or too deeply nested files are counted,
+    not fatal. pydicom parses sequences recursively, so an absurd nesting ends as a RecursionError here,
+    and a merely deep one is refused by ``limits.max_sequence_depth`` before anything else walks it."""
+    candidates: list[Candidate] = []
+    unreadable: Counter[str] = Counter()
+    for path in paths:
+        try:
+            # Large values (pixel data) are deferred, not read: the header still shows that they exist.
+            header = pydicom.dcmread(path, defer_size=4096)
+            too_deep = nesting_depth(header) > max_sequence_depth  # also converts every value once
+        except Exception as exc:  # any malformed file (bad VR, bad value): counted, the rest carries on
+            unreadable[f"unreadable file ({type(exc).__name__})"] += 1
+            continue
+        if too_deep:
+            unreadable[f"sequences nested deeper than {max_sequence_depth}"] += 1
+            continue
+        bad_uid = first_invalid_uid(header)
+        if bad_uid:
+            unreadable[f"invalid {bad_uid}"] += 1
+            continue
+        candidates.append(Candidate(path, header))
+    return candidates, unreadable
+
+
+def load_study(
+    paths: Sequence[Path], settings: SelectionSettings, *, max_sequence_depth: int, own_manufacturer: str
+) -> Selection:
+    """Read the headers of a study's files and select its images; everything else is counted by reason."""
+    candidates, unreadable = read_candidates(paths, max_sequence_depth)
+    selection = select_images(candidates, settings, own_manufacturer)
+    selection.skipped.update(unreadable)
+    return selection

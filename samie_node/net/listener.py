@@ -27,8 +27,8 @@ Bounds, each enforced before anything is allocated for it:
   cannot make a thread each).
 
 Received data are acknowledged at once (``TCP_QUICKACK``, Linux, plain TCP): dcmtk's storescu leaves
-Nagle's algorithm on, and against Linux's delayed ACK about one 512 KiB slice in forty otherwise waits
-40 ms for its last segment.
+Nagle's algorithm on, and against Linux's delayed ACK some slices would otherwise wait a delayed-ACK
+interval for their last segment (README, "Measured here", has the ingest figures).
 
 Policy (who may associate, per-peer caps, what a store does) belongs to the :class:`Handlers` the
 receiver passes in; this module only speaks the protocol.
@@ -56,6 +56,20 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from samie_node.net.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    NO_DATASET,
+    P_DATA_TF_TYPE,
+    ProtocolError,
+    decode_command,
+    encode_response,
+    p_data_tf,
+    split_p_data,
+)
 
 LOG = logging.getLogger("samie_node.net.listener")
 
@@ -69,11 +83,9 @@ MAX_COMMAND_LENGTH = 64 * 1024
 CONNECTIONS_PER_ASSOCIATION = 4
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 A_ASSOCIATE_RQ_TYPE = 0x01
 A_ASSOCIATE_RJ_TYPE = 0x03
-P_DATA_TF_TYPE = 0x04
 A_RELEASE_RQ_TYPE = 0x05
 A_RELEASE_RP_TYPE = 0x06
 A_ABORT_TYPE = 0x07
@@ -82,12 +94,7 @@ A_ABORT_TYPE = 0x07
 ABORT_NOT_SPECIFIED = 0x00
 ABORT_UNRECOGNISED_PDU = 0x01
 ABORT_UNEXPECTED_PDU = 0x02
-ABORT_INVALID_PARAMETER = 0x06
 
-C_STORE_RQ = 0x0001
-C_ECHO_RQ = 0x0030
-C_CANCEL_RQ = 0x0FFF
-NO_DATASET = 0x0101
 
 STATUS_UNRECOGNISED_OPERATION = 0x0211
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -98,14 +105,6 @@ _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0 means n
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
-
-
-class ProtocolError(Exception):
-    """The peer broke the upper-layer protocol; the association is aborted with ``reason``."""
-
-    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -464,7 +463,7 @@ class _Association:
         if field == C_ECHO_RQ:
             status = self.handlers.on_echo(self.peer)
         elif field == C_STORE_RQ and message.has_dataset:
-            if sop_class != context.abstract_syntax or sop_class == VERIFICATION_SOP_CLASS:
+            if sop_class != context.abstract_syntax or sop_class == Verification:
                 status = STATUS_SOP_CLASS_NOT_SUPPORTED
             else:
                 status = self.handlers.on_store(
@@ -545,94 +544,3 @@ class _Message:
         if self._fields is None:
             self._fields = decode_command(self.command)
         return self._fields
-
-
-# ---------------------------------------------------------------------- encoding (PS3.8, PS3.7)
-
-
-def split_p_data(body: memoryview) -> list[tuple[int, int, memoryview]]:
-    """The PDV items of a P-DATA-TF body as (context ID, message control header, fragment view)."""
-    items = []
-    offset = 0
-    end = len(body)
-    while offset < end:
-        if offset + 6 > end:
-            raise ProtocolError("truncated PDV item")
-        (length,) = struct.unpack_from(">L", body, offset)
-        if length < 2 or offset + 4 + length > end:
-            raise ProtocolError(f"PDV item length {length} does not fit its PDU")
-        items.append((body[offset + 4], body[offset + 5], body[offset + 6 : offset + 4 + length]))
-        offset += 4 + length
-    return items
-
-
-def p_data_tf(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF PDU carrying a whole command set as its last command fragment."""
-    return struct.pack(">BBLLBB", P_DATA_TF_TYPE, 0, len(command) + 6, len(command) + 2, context_id, 0x03) + command
-
-
-_COMMAND_TAGS = {
-    0x0002: ("AffectedSOPClassUID", "UI"),
-    0x0100: ("CommandField", "US"),
-    0x0110: ("MessageID", "US"),
-    0x0700: ("Priority", "US"),
-    0x0800: ("CommandDataSetType", "US"),
-    0x1000: ("AffectedSOPInstanceUID", "UI"),
-}
-
-
-def decode_command(data: bytes | bytearray | memoryview) -> dict[str, str | int]:
-    """The elements of a command set (implicit VR little endian, group 0000) the node uses.
-
-    Raises
-    ------
-    ProtocolError
-        If the bytes are not a command set: an element outside group 0000, or lengths that do not fit.
-    """
-    fields: dict[str, str | int] = {}
-    offset = 0
-    end = len(data)
-    while offset < end:
-        if offset + 8 > end:
-            raise ProtocolError("truncated command set element")
-        group, element, length = struct.unpack_from("<HHL", data, offset)
-        offset += 8
-        if group != 0x0000 or offset + length > end:
-            raise ProtocolError("malformed command set")
-        known = _COMMAND_TAGS.get(element)
-        if known is not None:
-            keyword, vr = known
-            value = bytes(data[offset : offset + length])
-            if vr == "US":
-                if length != 2:
-                    raise ProtocolError(f"command element {keyword} has length {length}")
-                fields[keyword] = struct.unpack("<H", value)[0]
-            else:
-                fields[keyword] = value.rstrip(b"\x00 ").decode("ascii", errors="replace")
-        offset += length
-    if "CommandField" not in fields:
-        raise ProtocolError("command set without a Command Field")
-    return fields
-
-
-def _element(element: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00"
-    return struct.pack("<HHL", 0x0000, element, len(value)) + value
-
-
-def encode_response(
-    *, command_field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int
-) -> bytes:
-    """A C-ECHO-RSP or C-STORE-RSP command set, as pynetdicom encodes it (the tests compare them)."""
-    body = b"".join(
-        (
-            _element(0x0002, sop_class_uid.encode("ascii", errors="replace")),
-            _element(0x0100, struct.pack("<H", command_field)),
-            _element(0x0120, struct.pack("<H", message_id)),
-            _element(0x0800, struct.pack("<H", NO_DATASET)),
-            _element(0x0900, struct.pack("<H", status)),
-            _element(0x1000, sop_instance_uid.encode("ascii", errors="replace")) if sop_instance_uid else b"",
-        )
-    )
-    return _element(0x0000, struct.pack("<L", len(body))) + body

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_role, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -31,7 +32,7 @@ from samie_node.uids import require_uid
 
 LOG = logging.getLogger("samie_node.net.retrieve")
 
-_UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 # Storage contexts offered with SCP role on a C-GET association (at most 128 contexts in all).
 _GET_STORAGE_CONTEXTS = [str(cx.abstract_syntax) for cx in StoragePresentationContexts if cx.abstract_syntax][:126]
 
@@ -106,6 +107,35 @@ def find_studies(
     return matches
 
 
+def find_study_uids(
+    peer: Peer,
+    *,
+    calling_ae_title: str,
+    study_instance_uids: Sequence[str] = (),
+    accession_numbers: Sequence[str] = (),
+    since: str | None = None,
+) -> list[str]:
+    """The Study Instance UIDs the PACS has for any of the given UIDs, accession numbers or date, each once,
+    in the order found (one C-FIND per UID and accession number, one for the date).
+
+    Raises
+    ------
+    DeliveryError
+        If a C-FIND fails.
+    """
+    queries: list[tuple[str | None, str | None, str | None]] = [(uid, None, None) for uid in study_instance_uids]
+    queries += [(None, number, None) for number in accession_numbers]
+    if since:
+        queries.append((None, None, since))
+    found: dict[str, None] = {}
+    for uid, number, date in queries:
+        matches = find_studies(
+            peer, calling_ae_title=calling_ae_title, study_instance_uid=uid, accession_number=number, since=date
+        )
+        found.update((match.study_instance_uid, None) for match in matches)
+    return list(found)
+
+
 def _identifier(study_instance_uid: str) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
@@ -159,7 +189,7 @@ def get_study(
     """C-GET one study; each instance arrives on this association and ``store`` (the receiver's C-STORE
     handler) writes it to the spool and answers its status."""
     outcome = RetrieveOutcome(study_instance_uid)
-    contexts = [(StudyRootQueryRetrieveInformationModelGet, _UNCOMPRESSED)]
+    contexts: list[tuple[str, Sequence[str]]] = [(StudyRootQueryRetrieveInformationModelGet, _UNCOMPRESSED)]
     contexts += [(uid, list(ACCEPTED_TRANSFER_SYNTAXES)) for uid in _GET_STORAGE_CONTEXTS]
     roles = [build_role(uid, scp_role=True) for uid in _GET_STORAGE_CONTEXTS]
     with associate(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -29,7 +30,7 @@ from samie_node.spool import OutputRecord, Spool
 
 LOG = logging.getLogger("samie_node.net.send")
 
-_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -99,7 +100,7 @@ def echo(peer: Peer, *, calling_ae_title: str, timeout_s: float = 10.0) -> float
     """
     started = time.monotonic()
     with associate(
-        peer, [(Verification, ["1.2.840.10008.1.2"])], calling_ae_title=calling_ae_title, timeout_s=timeout_s
+        peer, [(Verification, [ImplicitVRLittleEndian])], calling_ae_title=calling_ae_title, timeout_s=timeout_s
     ) as assoc:
         status = assoc.send_c_echo()
         if not status or "Status" not in status:
@@ -153,11 +154,10 @@ class Sender:
         self._spool = spool
         self._audit = audit
         self._clock = clock
-        self._peers = {peer.label: peer for peer in settings.send.destinations}
 
     def peer(self, destination: str) -> Peer:
         """The configured peer for an outbox destination label (TLS and all), else one parsed from it."""
-        return self._peers.get(destination) or Peer.parse(destination)
+        return self._settings.send.peer(destination)
 
     def run_once(self) -> bool:
         """Deliver what is due; True if anything was attempted."""

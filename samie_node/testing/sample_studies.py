@@ -148,26 +148,41 @@ def ct_series(
     return datasets, lesion
 
 
-def ultrasound_image(rows: int = 480, columns: int = 640, *, seed: int = 1) -> tuple[Dataset, Lesion]:
-    """A single-frame greyscale ultrasound image (no frame of reference) with a dark-rimmed bright lesion."""
-    rng = np.random.default_rng(seed)
-    study = derive_uid("sample-us-study", str(seed))
+def _single_instance(name: str, seed: int, sop_class_uid: str, modality: str) -> Dataset:
+    """The one instance of a generated one-instance study, with its UIDs derived from ``name`` and ``seed``."""
+    study = derive_uid(f"sample-{name}-study", str(seed))
     series = derive_uid(study, "series")
-    ds = _base(UltrasoundImageStorage, derive_uid(series, "0"), study, series, "US")
-    lesion = Lesion(rows * 0.45, columns * 0.5, min(rows, columns) * 0.14)
-    image = 60 * _speckle(rng, rows, columns) + 30
-    image[lesion.mask(rows, columns)] += 140
+    ds = _base(sop_class_uid, derive_uid(series, "0"), study, series, modality)
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
+    return ds
+
+
+def _set_pixels(ds: Dataset, pixels: np.ndarray) -> None:
+    """8-bit pixel data from (rows, columns), (frames, rows, columns) grey or (rows, columns, 3) RGB values."""
+    colour = pixels.ndim == 3 and pixels.shape[-1] == 3
+    if pixels.ndim == 3 and not colour:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
     ds.BitsAllocated = 8
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    ds.PixelData = np.clip(image, 0, 255).astype(np.uint8).tobytes()
+    ds.PixelData = np.clip(pixels, 0, 255).astype(np.uint8).tobytes()
+
+
+def ultrasound_image(rows: int = 480, columns: int = 640, *, seed: int = 1) -> tuple[Dataset, Lesion]:
+    """A single-frame greyscale ultrasound image (no frame of reference) with a dark-rimmed bright lesion."""
+    rng = np.random.default_rng(seed)
+    ds = _single_instance("us", seed, UltrasoundImageStorage, "US")
+    lesion = Lesion(rows * 0.45, columns * 0.5, min(rows, columns) * 0.14)
+    image = 60 * _speckle(rng, rows, columns) + 30
+    image[lesion.mask(rows, columns)] += 140
+    _set_pixels(ds, image)
     return ds, lesion
 
 
@@ -175,56 +190,29 @@ def ultrasound_cine(frames: int = 3, rows: int = 120, columns: int = 160, *, see
     """A multi-frame greyscale ultrasound (a short cine loop) without a frame of reference, as scanners send
     them; a SEG cannot reference such an image (the node writes overlays instead)."""
     rng = np.random.default_rng(seed)
-    study = derive_uid("sample-us-cine-study", str(seed))
-    series = derive_uid(study, "series")
-    ds = _base(UltrasoundMultiFrameImageStorage, derive_uid(series, "0"), study, series, "US")
+    ds = _single_instance("us-cine", seed, UltrasoundMultiFrameImageStorage, "US")
     lesion = Lesion(rows * 0.5, columns * 0.5, min(rows, columns) * 0.15)
-    cine = np.empty((frames, rows, columns), np.uint8)
+    cine = np.empty((frames, rows, columns))
     for index in range(frames):
-        image = 60 * _speckle(rng, rows, columns) + 30
-        image[lesion.mask(rows, columns)] += 140
-        cine[index] = np.clip(image, 0, 255).astype(np.uint8)
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.InstanceNumber = 1
-    ds.NumberOfFrames = frames
+        cine[index] = 60 * _speckle(rng, rows, columns) + 30
+        cine[index][lesion.mask(rows, columns)] += 140
     ds.FrameTime = 40.0
     ds.FrameIncrementPointer = 0x00181063  # Frame Time
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = cine.tobytes()
+    _set_pixels(ds, cine)
     return ds, lesion
 
 
 def rgb_photograph(rows: int = 400, columns: int = 400, *, seed: int = 2) -> tuple[Dataset, Lesion]:
     """An RGB secondary capture (a dermatoscopy-like photograph): a brown lesion on skin tone."""
     rng = np.random.default_rng(seed)
-    study = derive_uid("sample-rgb-study", str(seed))
-    series = derive_uid(study, "series")
-    ds = _base(SecondaryCaptureImageStorage, derive_uid(series, "0"), study, series, "XC")
+    ds = _single_instance("rgb", seed, SecondaryCaptureImageStorage, "XC")
     ds.ConversionType = "DI"
     lesion = Lesion(rows * 0.5, columns * 0.5, min(rows, columns) * 0.18)
     image = np.empty((rows, columns, 3))
     image[...] = (224, 182, 160)
     image += 8 * rng.standard_normal((rows, columns, 3))
     image[lesion.mask(rows, columns)] = (96, 58, 40)
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.clip(image, 0, 255).astype(np.uint8).tobytes()
+    _set_pixels(ds, image)
     return ds, lesion
 
 

@@ -20,10 +20,9 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
 #: US Image Storage: the synthetic lesions pretend to be single-frame ultrasound.
-US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 LesionKind = Literal["smooth_round", "irregular_spiculated"]
 LESION_KINDS: tuple[LesionKind, LesionKind] = ("smooth_round", "irregular_spiculated")
@@ -169,10 +168,10 @@ def synthetic_us_dataset(
     grey = np.ascontiguousarray(image[:, :, 0] if image.ndim == 3 else image, dtype=np.uint8)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(US_IMAGE_STORAGE)
+    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = US_IMAGE_STORAGE
+    ds.SOPClassUID = UltrasoundImageStorage
     ds.SOPInstanceUID = sop_instance_uid
     ds.StudyInstanceUID = study_instance_uid
     ds.SeriesInstanceUID = series_instance_uid
