@@ -222,3 +222,17 @@ def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
     assert result.summary.skipped == {"invalid SOPClassUID": 1}
     with pytest.raises(NoImagesError, match="invalid SOPClassUID"):
         process_study([broken], models, templates, settings)
+
+
+def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
+    ct_study: tuple[list[Path], object], models: Models, templates: Templates
+) -> None:
+    paths, _ = ct_study
+    settings = load_settings(None, {"engine": {"device": "cpu"}, "output": {"sr": False}})
+    result = process_study(paths, models, templates, settings, overlays_for_destinations=True)
+    kinds = [o.kind for o in result.outputs]
+    assert "SR" not in kinds and "SEG" in kinds
+    assert result.summary.outputs.get("SR") is None
+    numbers = [int(o.dataset.InstanceNumber) for o in result.outputs if o.kind == "SC"]
+    assert len(numbers) >= 2, "the sphere shows on several slices"
+    assert numbers == list(range(1, len(numbers) + 1))

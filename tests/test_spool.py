@@ -111,6 +111,9 @@ def test_reconcile_after_crash(spool: Spool, tmp_path: Path, clock: Clock) -> No
     unknown.write_bytes(b"whole")
     junk = kept.parent / "junk.dcm"
     junk.write_bytes(b"not dicom")
+    preview_leftover = spool.outbox_dir / STUDY / "previews" / f"overlay-x.png{TMP_MARKER}7-8"
+    preview_leftover.parent.mkdir(parents=True)
+    preview_leftover.write_bytes(b"half a png")
     spool.mark_quiet_studies_ready(0)
     assert spool.claim_ready_study() == STUDY
 
@@ -119,8 +122,8 @@ def test_reconcile_after_crash(spool: Spool, tmp_path: Path, clock: Clock) -> No
 
     reopened = Spool(tmp_path, clock=clock)
     counts = reopened.reconcile(read_uids)
-    assert counts == {"temp_removed": 1, "indexed": 1, "rows_dropped": 1, "requeued": 1, "unusable_removed": 1}
-    assert not leftover.exists() and not junk.exists()
+    assert counts == {"temp_removed": 2, "indexed": 1, "rows_dropped": 1, "requeued": 1, "unusable_removed": 1}
+    assert not leftover.exists() and not junk.exists() and not preview_leftover.exists()
     assert sorted(r.sop_instance_uid for r in reopened.instances(STUDY)) == ["1.2.3.1", "1.2.3.9"]
     # The study that was processing when the node died is picked up again.
     assert reopened.study(STUDY).state in ("ready", "receiving")  # type: ignore[union-attr]
