@@ -55,7 +55,7 @@ pytestmark = pytest.mark.slow
 KINDS = ("ct", "ultrasound", "photograph")
 SEG_DESCRIPTION = load_templates().segments.series_description
 SR_DESCRIPTION = load_templates().report.series_description
-SEGMENT_RGB: tuple[int, int, int] = load_templates().segments.segments[0].display_rgb
+SEGMENT_RGB: tuple[int, int, int] = load_templates().segments.colour(1)  # region 1, the largest
 
 
 @dataclass
