@@ -74,10 +74,18 @@ class StudyResult:
     summary: StudySummary
     previews: list[tuple[str, np.ndarray]]
     inference: Inference
+    regions: dict[str, list[Region]]
 
     def mask(self, sop_instance_uid: str, frame_number: int = 1) -> np.ndarray:
-        """The binary mask computed for one source frame (what the SEG holds for it)."""
+        """The union of the regions computed for one source frame (the SAM-IE binary mask)."""
         return self.inference.frames[(sop_instance_uid, frame_number)].mask()
+
+    def segment_mask(
+        self, seg_sop_instance_uid: str, segment_number: int, sop_instance_uid: str, frame: int = 1
+    ) -> np.ndarray:
+        """What segment ``segment_number`` of a SEG holds for one source frame."""
+        region = self.regions[seg_sop_instance_uid][segment_number - 1]
+        return region.mask(self.inference.frames[(sop_instance_uid, frame)])
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,7 @@ def process_study(
         sum(summary.skipped.values()),
         summary.timings_ms,
     )
-    return StudyResult(study.uid, outputs, summary, previews, inference)
+    return StudyResult(study.uid, outputs, summary, previews, inference, encoded.regions)
 
 
 @dataclass
@@ -171,6 +179,7 @@ class _Segmentations:
     outputs: list[OutputObject] = field(default_factory=list)
     findings: list[RegionFinding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    regions: dict[str, list[Region]] = field(default_factory=dict)  # SEG SOP Instance UID -> its segments
 
 
 def encode_segmentations(study: _Study) -> _Segmentations:
@@ -183,6 +192,7 @@ def encode_segmentations(study: _Study) -> _Segmentations:
             regions = link_regions(frames, study.settings.output.max_segments)
             seg = _segmentation(study, unit, index, frames, regions)
             encoded.outputs.append(OutputObject("SEG", seg))
+            encoded.regions[str(seg.SOPInstanceUID)] = regions
             encoded.findings += [_finding(study, unit, seg, region, frames) for region in regions]
             continue
         encoded.notes.append(

@@ -79,12 +79,19 @@ def check_outputs(result: StudyResult, folder: Path, sources: list[Path]) -> dic
                 ).get("NumberOfFrames", 1)
                 or 1
             )
+            numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
             for frame in range(1, frames + 1):
                 if frames > 1:
-                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=[1])[0, ..., 0]
+                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=numbers)[0]
                 else:
-                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=[1])[0, ..., 0]
-                assert np.array_equal(read.astype(bool), result.mask(sop_uid, frame)), (sop_uid, frame)
+                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=numbers)[0]
+                # segment by segment, each region's mask; together, the union SAM-IE enhanced with
+                assert np.array_equal(read.astype(bool).any(axis=-1), result.mask(sop_uid, frame)), (sop_uid, frame)
+                if not result.regions[str(seg.SOPInstanceUID)]:
+                    continue  # an empty result: one empty "No region" segment
+                for plane, number in enumerate(numbers):
+                    expected = result.segment_mask(str(seg.SOPInstanceUID), number, sop_uid, frame)
+                    assert np.array_equal(read[..., plane].astype(bool), expected), (sop_uid, frame, number)
     [sr_path] = written["SR"]
     sr = hd.sr.srread(sr_path)
     assert str(sr.StudyInstanceUID) == result.study_instance_uid
@@ -113,8 +120,8 @@ def test_ct_series_seg_and_sr(
     written = check_outputs(result, tmp_path / "out", paths)
     assert len(written["SEG"]) == 1 and len(written["SR"]) == 1
     seg = hd.seg.segread(written["SEG"][0])
-    assert int(seg.NumberOfFrames) == 4  # empty frames kept
-    assert seg.SegmentSequence[0].SegmentLabel == "SAM region"
+    assert int(seg.NumberOfFrames) == 4 * len(seg.SegmentSequence)  # empty frames kept, for every segment
+    assert seg.SegmentSequence[0].SegmentLabel == "Region 1"
     assert "RecommendedDisplayCIELabValue" in seg.SegmentSequence[0]
     assert result.summary.classification is None
     # The bright sphere is found on the middle slices.

@@ -213,7 +213,7 @@ def _seg_mask(case: Case, geometry: ScreenGeometry) -> np.ndarray:
 def test_seg_overlay_lies_over_the_mask(session: Session, kind: str) -> None:
     case = session.cases[kind]
     seg_view = case.require_view("seg")
-    assert seg_view["segmentations"] and seg_view["segmentations"][0]["segments"][0]["label"] == "SAM region"
+    assert seg_view["segmentations"] and seg_view["segmentations"][0]["segments"][0]["label"] == "Region 1"
     geometry = ScreenGeometry.from_driver(seg_view["geometry"])
     assert ScreenGeometry.from_driver(seg_view["geometry_before"]).same_placement(geometry), "the camera moved"
     mask = _seg_mask(case, geometry)
