@@ -152,10 +152,10 @@ def process_study(
     )
     study = _Study(study_uid, selection.images, inference, models.algorithm, templates, settings, overlays)
     with timer.stage("encode"):
-        encoded = encode_segmentations(study)
+        classification = combine_classification(study, models)
+        encoded = encode_segmentations(study, classification)
         previews, destination_overlays = study_overlays(study, for_destinations=overlays_for_destinations)
         outputs = encoded.outputs + destination_overlays
-        classification = combine_classification(study, models)
         if settings.output.sr:
             outputs.append(encode_report(study, encoded, outputs, classification))
     summary = summarise(study, outputs, classification, encoded, timer)
@@ -182,7 +182,7 @@ class _Segmentations:
     regions: dict[str, list[Region]] = field(default_factory=dict)  # SEG SOP Instance UID -> its segments
 
 
-def encode_segmentations(study: _Study) -> _Segmentations:
+def encode_segmentations(study: _Study, classification: Classification | None) -> _Segmentations:
     """One SEG per unit a SEG can reference, a segment and a finding per region; overlays (and a note) for
     the units a SEG cannot reference."""
     encoded = _Segmentations()
@@ -190,7 +190,7 @@ def encode_segmentations(study: _Study) -> _Segmentations:
         if unit.seg_possible:
             frames = [study.inference.frames[key] for key in unit.frame_keys]
             regions = link_regions(frames, study.settings.output.max_segments)
-            seg = _segmentation(study, unit, index, frames, regions)
+            seg = _segmentation(study, unit, index, frames, regions, _series_description(study, classification))
             encoded.outputs.append(OutputObject("SEG", seg))
             encoded.regions[str(seg.SOPInstanceUID)] = regions
             encoded.findings += [_finding(study, unit, seg, region, frames) for region in regions]
@@ -210,8 +210,22 @@ def encode_segmentations(study: _Study) -> _Segmentations:
     return encoded
 
 
+def _series_description(study: _Study, classification: Classification | None) -> str:
+    """The SEG's series description; with a classifier it names the study's class and its probability,
+    which OHIF shows as the segmentation's name (thumbnail and segmentation panel)."""
+    text = study.templates.segments.series_description
+    if classification is not None:
+        text += f" - {classification.predicted.code_meaning} {float(classification.probabilities.max()):.0%}"
+    return text[:64]
+
+
 def _segmentation(
-    study: _Study, unit: SegUnit, index: int, frames: list[FrameResult], regions: list[Region]
+    study: _Study,
+    unit: SegUnit,
+    index: int,
+    frames: list[FrameResult],
+    regions: list[Region],
+    series_description: str,
 ) -> Dataset:
     template = study.templates.segments
     if regions:
@@ -238,6 +252,7 @@ def _segmentation(
         instance_number=index,
         manufacturer=output.manufacturer,
         keep_empty_frames=output.keep_empty_frames,
+        series_description=series_description,
     )
 
 
@@ -264,6 +279,7 @@ def _finding(study: _Study, unit: SegUnit, seg: Dataset, region: Region, frames:
             frame_number if multi_frame else None,
             outline(region.mask(by_key[stats.largest_frame])),
         ),
+        probabilities=by_key[stats.largest_frame].probabilities,
     )
 
 

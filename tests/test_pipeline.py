@@ -243,3 +243,39 @@ def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
     numbers = [int(o.dataset.InstanceNumber) for o in result.outputs if o.kind == "SC"]
     assert len(numbers) >= 2, "the sphere shows on several slices"
     assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_the_class_is_written_where_the_viewer_shows_it(templates: Templates, tmp_path: Path) -> None:
+    """With a classifier, each region's group opens with the class probability of its key image (the first
+    line OHIF draws beside the outline), the SEG's series description names the study's class, and the
+    classification group says how the per-image probabilities were combined."""
+    from test_classify import _saved
+
+    checkpoint, _ = _saved(tmp_path)
+    settings = load_settings(None, {"engine": {"device": "cpu"}, "classifier": {"checkpoint": str(checkpoint)}})
+    models = load_models(settings)
+    dataset, _ = ultrasound_image()
+    [path] = write_datasets([dataset], tmp_path / "us")
+    result = process_study([path], models, templates, settings)
+    written = check_outputs(result, tmp_path / "out", [path])
+    classification = result.summary.classification
+    assert classification is not None and classification.label in ("benign", "malignant")
+    meaning = {"benign": "Benign finding", "malignant": "Malignant finding"}[classification.label]
+    seg = pydicom.dcmread(written["SEG"][0])
+    assert seg.SeriesDescription == f"SAM-IE segmentation - {meaning} {classification.probability:.0%}"
+    sr = hd.sr.srread(written["SR"][0])
+    groups = sr.ContentSequence[-1].ContentSequence  # Imaging Measurements
+    first = next(g for g in groups if any(i.ValueType == "NUM" for i in g.ContentSequence))
+    number = next(i for i in first.ContentSequence if i.ValueType == "NUM")
+    assert number.ConceptNameCodeSequence[0].CodeMeaning.startswith("Probability of ")
+    assert number.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert 50.0 <= float(number.MeasuredValueSequence[0].NumericValue) <= 100.0
+    methods = [
+        item.ConceptCodeSequence[0].CodeMeaning
+        for group in groups
+        for num in group.ContentSequence
+        if num.ValueType == "NUM"
+        for item in num.get("ContentSequence", [])
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"
+    ]
+    assert methods == ["Mean of the per-image probabilities"] * 2

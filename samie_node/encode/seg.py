@@ -135,6 +135,7 @@ def build_segmentation(
     instance_number: int,
     manufacturer: str,
     keep_empty_frames: bool,
+    series_description: str | None = None,
 ) -> hd.seg.Segmentation:
     """Build the SEG for one unit.
 
@@ -145,6 +146,8 @@ def build_segmentation(
         one plane per segment of ``segments``, at the source image's resolution.
     segments
         The segments, numbered 1 to n in order.
+    series_description
+        Instead of the template's (the pipeline adds the study's class to it).
 
     Raises
     ------
@@ -180,7 +183,7 @@ def build_segmentation(
             device_serial_number=algorithm.weights_sha256[:16],
             content_label=templates.segments.content_label,
             content_description=templates.segments.content_description[:64],
-            series_description=templates.segments.series_description[:64],
+            series_description=(series_description or templates.segments.series_description)[:64],
             omit_empty_frames=omit_empty,
         )
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:

@@ -3,15 +3,18 @@
 The report references the source images (image library and evidence) and the SEG objects, and holds,
 in this order:
 
-- per region (one per SEG segment) a region group (TID 1411) that references the segment and measures
-  its area (mm2 where pixel spacing is known, pixels otherwise), its mean modality value where that means
-  something (Hounsfield units on CT; grey images only) and, in a series, the number of images it shows on;
-  then an outline group (TID 1410) with the same tracking identifier and tracking UID (the same finding):
-  the region's outline on the image where it is largest, as a SCOORD polyline on that source image;
+- per region (one per SEG segment) a region group (TID 1411) that references the segment and measures,
+  with a classifier first, the probability of the most probable class on the region's key image (the
+  line OHIF shows first beside the outline), then its area (mm2 where pixel spacing is known, pixels
+  otherwise), its mean modality value where that means something (Hounsfield units on CT; grey images
+  only) and, in a series, the number of images it shows on; then an outline group (TID 1410) with the
+  same tracking identifier and tracking UID (the same finding): the region's outline on the image where
+  it is largest, as a SCOORD polyline on that source image;
 - a totals group (TID 1501): the area of all regions, their number and the images with a region, or the
   coded statement that no region was segmented;
 - a classification group (TID 1501): the predicted class as a coded qualitative evaluation, the
-  probability of every class as a numeric measurement and how the per-image probabilities were combined;
+  probability of every class as a numeric measurement whose method says how the per-image probabilities
+  were combined (their mean);
   or, with no classifier configured, a coded statement that no classification was made.
 
 The outline groups are for viewers. OHIF (3.13) shows a TID 1500 report only through measurements that
@@ -80,7 +83,11 @@ class RegionOutline:
 
 @dataclass(frozen=True)
 class RegionFinding:
-    """One region: the SEG segment that holds it and what the report says of it."""
+    """One region: the SEG segment that holds it and what the report says of it.
+
+    ``probabilities`` are the classifier's class probabilities for the image the region is largest on
+    (the region's key image), None without a classifier.
+    """
 
     segmentation: Dataset
     segment_number: int
@@ -92,6 +99,7 @@ class RegionFinding:
     images: int
     series: bool
     outline: RegionOutline
+    probabilities: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ def _classification_group(
                     ),
                     value=round(float(probability), 6),
                     unit=templates.report.probability_unit.concept(),
+                    method=template.combination.concept(),
                     algorithm_id=_algorithm_id(algorithm),
                 )
             )
@@ -160,12 +169,33 @@ def _region_tracking(identifier: str, finding: RegionFinding) -> hd.sr.TrackingI
     )
 
 
+def _probability_on_key_image(
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
+) -> hd.sr.Measurement:
+    """The most probable class of the region's key image and its probability, in percent: the line OHIF
+    shows first beside the outline ("Probability of <class>: 91.00 %")."""
+    probabilities = finding.probabilities or ()
+    best = int(np.argmax(probabilities))
+    label = labels[best]
+    return hd.sr.Measurement(
+        name=templates.report.classification.probability_name.concept(
+            code_value=label.code_value, code_meaning=label.code_meaning
+        ),
+        value=round(100.0 * float(probabilities[best]), 2),
+        unit=templates.report.percent_unit.concept(),
+        algorithm_id=_algorithm_id(algorithm),
+    )
+
+
 def _region_measurements(
-    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
 ) -> list[hd.sr.Measurement]:
     template = templates.report.regions
     algorithm_id = _algorithm_id(algorithm)
-    measurements = [
+    measurements = []
+    if finding.probabilities is not None and labels:
+        measurements.append(_probability_on_key_image(templates, algorithm, finding, labels))
+    measurements += [
         hd.sr.Measurement(
             name=template.area.concept(),
             value=round(finding.area, 3),
@@ -196,7 +226,9 @@ def _region_measurements(
     return measurements
 
 
-def _region_groups(templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding) -> list[object]:
+def _region_groups(
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
+) -> list[object]:
     """The region group (TID 1411, the segment and its numbers) and its outline group (TID 1410)."""
     template = templates.report.regions
     seg = finding.segmentation
@@ -229,7 +261,7 @@ def _region_groups(templates: Templates, algorithm: AlgorithmInfo, finding: Regi
         referenced_segment=referenced_segment,
         finding_type=template.finding_type.concept(),
         algorithm_id=_algorithm_id(algorithm),
-        measurements=_region_measurements(templates, algorithm, finding),
+        measurements=_region_measurements(templates, algorithm, finding, labels),
     )
     outline = finding.outline
     drawn = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -342,7 +374,7 @@ def build_report(
     try:
         groups: list[object] = []
         for finding in findings:
-            groups += _region_groups(templates, algorithm, finding)
+            groups += _region_groups(templates, algorithm, finding, classification.labels if classification else ())
         groups.append(_totals_group(templates, algorithm, totals, study_instance_uid))
         groups.append(_classification_group(templates, algorithm, classification, study_instance_uid))
         report = hd.sr.MeasurementReport(

@@ -72,6 +72,7 @@ class ClassificationTemplate(BaseModel):
     finding_type: Code
     evaluation_name: Code
     probability_name: Code
+    combination: Code
     no_classifier: Code
 
 
@@ -105,6 +106,7 @@ class ReportTemplate(BaseModel):
     classification: ClassificationTemplate
     regions: RegionsTemplate
     probability_unit: Code
+    percent_unit: Code
     overlay_caption: str
 
 

@@ -50,6 +50,8 @@ class FrameResult:
         Pixels covered by any region (the SAM-IE binary mask).
     pixel_spacing
         (row, column) mm, None when the source gives none.
+    probabilities
+        The classifier's class probabilities for the frame (its enhanced image), None without one.
     """
 
     sop_instance_uid: str
@@ -61,10 +63,12 @@ class FrameResult:
     value_unit: str
     area_pixels: int
     pixel_spacing: tuple[float, float] | None
+    probabilities: tuple[float, ...] | None = None
 
     @classmethod
-    def of(cls, frame: PreparedFrame, masks: np.ndarray) -> FrameResult:
-        """The result for ``frame`` from its kept (regions, rows, columns) bool masks."""
+    def of(cls, frame: PreparedFrame, masks: np.ndarray, probabilities: np.ndarray | None = None) -> FrameResult:
+        """The result for ``frame`` from its kept (regions, rows, columns) bool masks and, with a classifier,
+        its class probabilities."""
         rows, columns = frame.image.shape[:2]
         areas = tuple(int(mask.sum()) for mask in masks)
         if frame.values is not None:
@@ -84,6 +88,7 @@ class FrameResult:
             frame.value_unit,
             int(np.any(masks, axis=0).sum()) if len(masks) else 0,
             frame.pixel_spacing,
+            None if probabilities is None else tuple(float(p) for p in probabilities),
         )
 
     @property
@@ -175,7 +180,10 @@ def _run_batch(
     if models.classifier is not None:
         with timer.stage("classify"):
             probabilities = models.classifier.predict(images, [e.image for e in enhanced])
-    results = [FrameResult.of(frame, masks.masks) for frame, masks in zip(batch, mask_sets, strict=True)]
+    rows = [None] * len(batch) if probabilities is None else list(probabilities)
+    results = [
+        FrameResult.of(frame, masks.masks, row) for frame, masks, row in zip(batch, mask_sets, rows, strict=True)
+    ]
     return results, probabilities
 
 
