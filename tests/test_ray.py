@@ -3,7 +3,8 @@
 The head has no CPUs, so the engine workers (one CPU each) land one per worker node, as on a site's GPU
 machines. The node (``samie-node serve`` or ``process``) joins the cluster by address, as it would a real
 one. One cluster serves the module (starting Ray costs seconds and hundreds of MB); the tests that stop
-it or remove a node put it back as they found it. Everything binds 127.0.0.1.
+it or remove a node put it back as they found it. Ray binds this machine's own address (it turns a
+loopback address given to ``ray.init`` into that one), so nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -41,28 +42,25 @@ class RayTestCluster:
         self.workers = workers
         self.cluster: Cluster | None = None
         self.nodes: list[Any] = []
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        self.address = ""
 
     def start(self) -> RayTestCluster:
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args={
                 "gcs_server_port": self.port,
-                "node_ip_address": "127.0.0.1",
                 "num_cpus": 0,
                 "object_store_memory": 80 * MB,
                 "include_dashboard": False,
             },
         )
         self.nodes = [self.add_worker() for _ in range(self.workers)]
+        self.address = str(self.cluster.address)
         return self
 
     def add_worker(self) -> Any:
         assert self.cluster is not None
-        node = self.cluster.add_node(num_cpus=1, object_store_memory=80 * MB, node_ip_address="127.0.0.1")
+        node = self.cluster.add_node(num_cpus=1, object_store_memory=80 * MB)
         self.cluster.wait_for_nodes()
         return node
 
@@ -288,3 +286,32 @@ def test_process_with_the_ray_engine_gives_the_local_outputs_and_resumes(
             assert_same_segmentation(path, local_outputs[name])
     again = run_process(studies, tmp_path / "out", config, "--engine", "ray", "--ray-address", ray_cluster.address)
     assert [s["state"] for s in again["studies"]] == ["skipped"] * 3
+
+
+def test_a_node_killed_while_its_study_is_on_the_cluster_finishes_it_after_restart(
+    ray_cluster: RayTestCluster, tmp_path: Path
+) -> None:
+    datasets, _ = ct_series(slices=4, rows=128, columns=128, seed=13)
+    paths = write_datasets(datasets, tmp_path / "ct")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    storescu = require_tool("storescu")
+    with running_node(tmp_path, engine=ray_engine(ray_cluster, chunk_images=1)) as node:
+        subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths)], check=True)
+        deadline = time.monotonic() + 600
+        while "/4 of study_instance_uid" not in node.log():
+            assert time.monotonic() < deadline, node.log()[-3000:]
+            time.sleep(0.2)
+        assert node.process is not None
+        driver = subprocess.run(["pgrep", "-P", str(node.process.pid)], capture_output=True)
+        driver_pids = [int(pid) for pid in driver.stdout.split()]
+        assert driver_pids, "the node's Ray driver runs as its child"
+        node.kill9()
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in driver_pids):  # the driver ends with its node
+            assert time.monotonic() < deadline, "the Ray driver outlived its node"
+            time.sleep(0.5)
+        node.start()
+        study = node.wait_for_study(study_uid, {"done", "failed"}, timeout=600)
+    assert study["state"] == "done" and study["result"]["images"] == 4, study
+    outbox = sorted(p.name for p in (node.data_dir / "outbox" / study_uid).glob("*.dcm"))
+    assert len(outbox) == 2  # one SEG and one SR, written once under their derived UIDs
