@@ -184,20 +184,26 @@ def wait_until_sent(node: NodeProcess, expected: int, timeout: float = 120) -> N
     raise TimeoutError(f"outputs not all sent: {node.status()}")
 
 
+def send_ct_until_a_chunk_is_done(node: NodeProcess, tmp_path: Path, slices: int, seed: int) -> list[Any]:
+    """Send a CT series with storescu and wait until the node logs its first chunk back from the cluster."""
+    datasets, _ = ct_series(slices=slices, rows=128, columns=128, seed=seed)
+    paths = write_datasets(datasets, tmp_path / "ct")
+    storescu = require_tool("storescu")
+    subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths)], check=True)
+    deadline = time.monotonic() + 600
+    while f"/{slices} of study_instance_uid" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.2)
+    return list(datasets)
+
+
 def test_a_worker_node_removed_mid_study_costs_a_retry_not_the_study(
     ray_cluster: RayTestCluster, tmp_path: Path
 ) -> None:
-    datasets, _ = ct_series(slices=8, rows=128, columns=128, seed=11)
-    paths = write_datasets(datasets, tmp_path / "ct")
-    study_uid = str(datasets[0].StudyInstanceUID)
-    storescu = require_tool("storescu")
     try:
         with running_node(tmp_path, engine=ray_engine(ray_cluster, chunk_images=1)) as node:
-            subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths)], check=True)
-            deadline = time.monotonic() + 600
-            while "/8 of study_instance_uid" not in node.log():
-                assert time.monotonic() < deadline, node.log()[-3000:]
-                time.sleep(0.2)
+            datasets = send_ct_until_a_chunk_is_done(node, tmp_path, slices=8, seed=11)
+            study_uid = str(datasets[0].StudyInstanceUID)
             assert node.wait_for_study(study_uid, {"processing", "done"})["state"] == "processing"
             ray_cluster.remove_worker()  # one of the two engine workers dies with its Ray node
             study = node.wait_for_study(study_uid, {"done", "failed"}, timeout=600)
@@ -291,16 +297,8 @@ def test_process_with_the_ray_engine_gives_the_local_outputs_and_resumes(
 def test_a_node_killed_while_its_study_is_on_the_cluster_finishes_it_after_restart(
     ray_cluster: RayTestCluster, tmp_path: Path
 ) -> None:
-    datasets, _ = ct_series(slices=4, rows=128, columns=128, seed=13)
-    paths = write_datasets(datasets, tmp_path / "ct")
-    study_uid = str(datasets[0].StudyInstanceUID)
-    storescu = require_tool("storescu")
     with running_node(tmp_path, engine=ray_engine(ray_cluster, chunk_images=1)) as node:
-        subprocess.run([storescu, "-aec", "SAMIE_NODE", "127.0.0.1", str(node.port), *map(str, paths)], check=True)
-        deadline = time.monotonic() + 600
-        while "/4 of study_instance_uid" not in node.log():
-            assert time.monotonic() < deadline, node.log()[-3000:]
-            time.sleep(0.2)
+        study_uid = str(send_ct_until_a_chunk_is_done(node, tmp_path, slices=4, seed=13)[0].StudyInstanceUID)
         assert node.process is not None
         driver = subprocess.run(["pgrep", "-P", str(node.process.pid)], capture_output=True)
         driver_pids = [int(pid) for pid in driver.stdout.split()]
