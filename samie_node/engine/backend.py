@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -185,9 +184,11 @@ def open_engine(settings: Settings) -> Engine:
             "engine.backend = 'ray' needs Ray, which is not installed: pip install 'samie-node[ray]' "
             "(or use --engine local)"
         )
-    from samie_node.engine.ray_engine import RayEngine
+    from samie_node.engine.ray_engine import RayEngine, describe_address
 
-    started = time.monotonic()
-    engine = RayEngine(settings)
-    LOG.info("ray engine started in %.1f s (workers come up in the background)", time.monotonic() - started)
-    return engine
+    LOG.info(
+        "ray engine: %d worker(s) start in the background on %s",
+        settings.engine.workers,
+        describe_address(settings.engine.ray_address),
+    )
+    return RayEngine(settings)
