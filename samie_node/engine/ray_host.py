@@ -203,7 +203,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def connect(settings: Settings) -> None:
-    """Join the configured cluster, or start a Ray instance on this machine (dashboard off, loopback)."""
+    """Join the configured cluster, or start a Ray instance on this machine: no dashboard (so no job API),
+    and the loopback node address, so no other machine joins it (its servers still listen on every
+    interface: README, "Scaling out")."""
     engine = settings.engine
     common: dict[str, Any] = {"namespace": "samie-node", "log_to_driver": True, "logging_level": logging.WARNING}
     if engine.ray_address:
