@@ -3,7 +3,9 @@
 # toolkit) and the node uses the GPU; without a GPU it runs on the CPU with the same image.
 #   docker build -t samie-node .
 #   docker run -p 11112:11112 -v samie-data:/data samie-node
+# With the Ray engine (docker-compose.ray.yml): docker build --build-arg EXTRAS='[ray]' -t samie-node:ray .
 FROM python:3.11-slim-bookworm
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,7 +22,7 @@ COPY pyproject.toml README.md ./
 COPY samie_node ./samie_node
 COPY dicom_templates ./dicom_templates
 COPY config ./config
-RUN pip install . && useradd --system --create-home --home-dir /home/samie samie \
+RUN pip install ".${EXTRAS}" && useradd --system --create-home --home-dir /home/samie samie \
  && mkdir -p /data /etc/samie-node && cp config/samie-node.toml /etc/samie-node/ && chown samie /data
 
 USER samie

@@ -9,12 +9,30 @@ from dataclasses import dataclass
 from samie_node import __version__
 from samie_node.config import Settings
 from samie_node.encode.seg import AlgorithmInfo
-from samie_node.engine.classify import Classifier, load_classifier
+from samie_node.engine.classify import Classifier, ClassLabel, load_classifier
 from samie_node.engine.device import describe_device, select_device, select_precision
 from samie_node.engine.masks import Segmenter
 from samie_node.engine.weights import load_segmenter
 
 LOG = logging.getLogger("samie_node.engine.models")
+
+
+@dataclass(frozen=True)
+class ModelsInfo:
+    """What the node needs to know about the models to encode their results, without holding them.
+
+    With the Ray backend the models live in the engine workers; each worker reports this, and the node
+    accepts only workers whose algorithm and classes are the ones it started with (output UIDs are
+    derived from ``algorithm.model_version``, so mixed models would give one study two identities).
+    """
+
+    algorithm: AlgorithmInfo
+    class_labels: tuple[ClassLabel, ...] | None
+    device: str
+
+    def same_models(self, other: ModelsInfo) -> bool:
+        """True when ``other`` makes the same outputs (the device may differ)."""
+        return self.algorithm == other.algorithm and self.class_labels == other.class_labels
 
 
 @dataclass(frozen=True)
@@ -25,6 +43,12 @@ class Models:
     classifier: Classifier | None
     algorithm: AlgorithmInfo
     device: str
+
+    @property
+    def info(self) -> ModelsInfo:
+        """The identity and classes of these models."""
+        labels = tuple(self.classifier.labels) if self.classifier is not None else None
+        return ModelsInfo(self.algorithm, labels, self.device)
 
 
 def load_models(settings: Settings) -> Models:
