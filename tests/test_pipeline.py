@@ -230,7 +230,7 @@ def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
 
 
 def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates
 ) -> None:
     paths, _ = ct_study
     settings = load_settings(None, {"engine": {"device": "cpu"}, "output": {"sr": False}})
