@@ -175,6 +175,8 @@ class EngineSettings(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     torch_threads: int = Field(default=0, ge=0)
+    runtime: Literal["openvino", "torch"] = "openvino"
+    cache_dir: Path | None = None
 
 
 class OutputSettings(_Strict):
