@@ -8,7 +8,8 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    SAMIE_NODE__DATA_DIR=/data
+    SAMIE_NODE__DATA_DIR=/data \
+    SAMIE_ENGINE__CACHE_DIR=/data/cache
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
