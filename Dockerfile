@@ -10,7 +10,8 @@ ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    SAMIE_NODE__DATA_DIR=/data
+    SAMIE_NODE__DATA_DIR=/data \
+    SAMIE_ENGINE__CACHE_DIR=/data/cache
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \

@@ -192,6 +192,8 @@ class EngineSettings(_Strict):
     max_studies_in_flight: int = Field(default=8, ge=1, le=1000)
     max_chunk_attempts: int = Field(default=3, ge=1, le=100)
     reconnect_interval_s: float = Field(default=10.0, gt=0)
+    runtime: Literal["openvino", "torch"] = "openvino"
+    cache_dir: Path | None = None
 
 
 class OutputSettings(_Strict):

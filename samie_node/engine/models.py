@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from samie_node import __version__
 from samie_node.config import Settings
@@ -51,6 +53,18 @@ class Models:
         return ModelsInfo(self.algorithm, labels, self.device)
 
 
+def engine_cache(settings: Settings) -> Path:
+    """Where the engine keeps what it derives from the packaged weights (OpenVINO graphs).
+
+    ``engine.cache_dir``, else the user's cache folder: shared by every node and data folder of the user,
+    so a machine exports once, not once per data folder.
+    """
+    if settings.engine.cache_dir is not None:
+        return settings.engine.cache_dir
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "samie-node"
+
+
 def load_models(settings: Settings) -> Models:
     """Load, warm up and describe the configured models.
 
@@ -62,7 +76,9 @@ def load_models(settings: Settings) -> Models:
     started = time.monotonic()
     device = select_device(settings.engine)
     precision = select_precision(settings.engine, device)
-    segmenter = load_segmenter(settings.segmenter, device, precision)
+    segmenter = load_segmenter(
+        settings.segmenter, device, precision, runtime=settings.engine.runtime, cache_dir=engine_cache(settings)
+    )
     classifier = load_classifier(settings.classifier.checkpoint, device) if settings.classifier.checkpoint else None
     algorithm = AlgorithmInfo(
         name=f"samie-node SAM-IE {segmenter.name}",
@@ -71,12 +87,13 @@ def load_models(settings: Settings) -> Models:
         classifier_sha256=classifier.sha256 if classifier is not None else "",
     )
     LOG.info(
-        "models ready in %.1f s: segmenter=%s weights_sha256=%s classifier=%s device=%s precision=%s",
+        "models ready in %.1f s: segmenter=%s weights_sha256=%s classifier=%s device=%s precision=%s runtime=%s",
         time.monotonic() - started,
         segmenter.name,
         segmenter.weights_sha256[:16],
         classifier.sha256[:16] if classifier is not None else "none",
         describe_device(device),
         precision or "fp32",
+        getattr(getattr(segmenter, "runtime", None), "name", None) or "torch",
     )
     return Models(segmenter, classifier, algorithm, describe_device(device))
