@@ -3,12 +3,15 @@
 # toolkit) and the node uses the GPU; without a GPU it runs on the CPU with the same image.
 #   docker build -t samie-node .
 #   docker run -p 11112:11112 -v samie-data:/data samie-node
+# With the Ray engine (docker-compose.ray.yml): docker build --build-arg EXTRAS='[ray]' -t samie-node:ray .
 FROM python:3.11-slim-bookworm
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    SAMIE_NODE__DATA_DIR=/data
+    SAMIE_NODE__DATA_DIR=/data \
+    SAMIE_ENGINE__CACHE_DIR=/data/cache
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
@@ -20,7 +23,7 @@ COPY pyproject.toml README.md ./
 COPY samie_node ./samie_node
 COPY dicom_templates ./dicom_templates
 COPY config ./config
-RUN pip install . && useradd --system --create-home --home-dir /home/samie samie \
+RUN pip install ".${EXTRAS}" && useradd --system --create-home --home-dir /home/samie samie \
  && mkdir -p /data /etc/samie-node && cp config/samie-node.toml /etc/samie-node/ && chown samie /data
 
 USER samie

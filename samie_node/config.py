@@ -170,11 +170,30 @@ class ClassifierSettings(_Strict):
 
 
 class EngineSettings(_Strict):
-    """Where the models run."""
+    """Where the models run, and how studies share them.
+
+    ``backend = "local"`` runs the models in the node's process; ``"ray"`` runs them in Ray actors (the
+    ``ray`` extra), on this machine (``ray_address = ""``) or on a cluster (``"auto"``, ``"HOST:PORT"`` or
+    ``"ray://HOST:PORT"``). Either way studies are cut into chunks of ``chunk_images`` images, and the chunk
+    that runs next belongs to the study with the fewest images left, so a small study never waits for a
+    large one to finish.
+    """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     torch_threads: int = Field(default=0, ge=0)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    workers: int = Field(default=1, ge=1, le=1024)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    ray_object_store_mb: int = Field(default=0, ge=0)
+    chunk_images: int = Field(default=2, ge=1, le=1024)
+    max_studies_in_flight: int = Field(default=8, ge=1, le=1000)
+    max_chunk_attempts: int = Field(default=3, ge=1, le=100)
+    reconnect_interval_s: float = Field(default=10.0, gt=0)
+    runtime: Literal["openvino", "torch"] = "openvino"
+    cache_dir: Path | None = None
 
 
 class OutputSettings(_Strict):

@@ -38,6 +38,8 @@ class Node:
         Validated settings.
     services
         Background services (worker, sender) built by the caller with their models and peers.
+    on_stop
+        Called once the loops have stopped (the engine's workers are shut down there).
     """
 
     def __init__(
@@ -47,11 +49,13 @@ class Node:
         spool: Spool,
         audit: AuditLog,
         services: list[Service] | None = None,
+        on_stop: list[Callable[[], None]] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.audit = audit
         self.services = services or []
+        self._on_stop = on_stop or []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         configure_pynetdicom()
@@ -111,6 +115,8 @@ class Node:
         self.receiver.stop()
         for thread in self._threads:
             thread.join(timeout=30)
+        for callback in self._on_stop:
+            callback()
         self.audit.record("node_stopped")
 
     def wait(self) -> None:

@@ -1,8 +1,13 @@
 """One study through the engine: load, infer, encode SEG per unit, overlays, classify, report, summarise.
 
-:func:`process_study` is the whole flow and has no networking in it: files in, DICOM objects out. The
-engine (:mod:`samie_node.engine.infer`) keeps only each frame's mask, so memory stays flat as studies
-grow; the few frames shown in previews and overlays are decoded again here.
+:func:`process_study` is the whole flow and has no networking in it: files in, DICOM objects out. Where
+the models run is the engine backend's business (:mod:`samie_node.engine.backend`: this process or Ray
+actors), handed in; the worker, which keeps several studies in flight, calls the flow's two halves
+itself: :func:`load_images` before the engine, :func:`encode_study` after it. The node encodes SEG and
+SR itself whatever the backend: the source headers, the templates and the UIDs are here, the results
+are small (bit-packed masks and probabilities), and one encoder means one set of outputs whichever
+machine ran the models. The engine keeps only each frame's mask, so memory stays flat as studies grow;
+the few frames shown in previews and overlays are decoded again here.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from samie_node.encode.sr import (
     build_report,
 )
 from samie_node.encode.templates import Templates
-from samie_node.engine.infer import FrameResult, Inference, infer_study
-from samie_node.engine.models import Models
-from samie_node.engine.selection import Candidate, load_study
-from samie_node.errors import NoImagesError
+from samie_node.engine.backend import Engine
+from samie_node.engine.infer import FrameResult, Inference
+from samie_node.engine.models import ModelsInfo
+from samie_node.engine.selection import Candidate, Selection, load_study
+from samie_node.errors import ModelError, NoImagesError
 from samie_node.overlays import OverlaySeries, frame_images, largest_frames
 from samie_node.regions import Region, link_regions, outline, region_stats
+from samie_node.scheduler import run_one
 from samie_node.summary import ClassificationSummary, OutputFile, StudySummary
 from samie_node.timing import StageTimer
 from samie_node.uids import derive_uid
@@ -96,6 +103,7 @@ class _Study:
     images: Sequence[Candidate]
     inference: Inference
     algorithm: AlgorithmInfo
+    models: ModelsInfo
     templates: Templates
     settings: Settings
     overlays: OverlaySeries
@@ -106,7 +114,7 @@ class _Study:
 
 def process_study(
     paths: Sequence[Path],
-    models: Models,
+    engine: Engine,
     templates: Templates,
     settings: Settings,
     *,
@@ -118,6 +126,8 @@ def process_study(
     ----------
     paths
         The study's instances (any order; non-images are skipped with a reason).
+    engine
+        Where the models run (local or Ray).
     overlays_for_destinations
         Also build secondary capture overlays for destinations that cannot show SEG.
 
@@ -130,13 +140,45 @@ def process_study(
     """
     timer = StageTimer()
     with timer.stage("load"):
-        selection = load_study(
-            paths,
-            settings.selection,
-            max_sequence_depth=settings.limits.max_sequence_depth,
-            own_manufacturer=settings.output.manufacturer,
-        )
-    inference = infer_study(selection.images, models, settings, timer)
+        selection = load_images(paths, settings)
+    inference = run_one(engine, selection.images, settings, timer)
+    models = engine.models_info()
+    if models is None:
+        raise ModelError("the engine has not reported its models")
+    return encode_study(
+        selection, inference, models, templates, settings, timer, overlays_for_destinations=overlays_for_destinations
+    )
+
+
+def load_images(paths: Sequence[Path], settings: Settings) -> Selection:
+    """Read a study's headers and select the images the engine processes (no pixel decoding)."""
+    return load_study(
+        paths,
+        settings.selection,
+        max_sequence_depth=settings.limits.max_sequence_depth,
+        own_manufacturer=settings.output.manufacturer,
+    )
+
+
+def encode_study(
+    selection: Selection,
+    inference: Inference,
+    models: ModelsInfo,
+    templates: Templates,
+    settings: Settings,
+    timer: StageTimer,
+    *,
+    overlays_for_destinations: bool = False,
+) -> StudyResult:
+    """Build a study's SEG, SR and overlays from the engine's results.
+
+    Raises
+    ------
+    NoImagesError
+        If no instance could be processed.
+    EncodeError
+        If the SEG or SR cannot be built.
+    """
     inference.skipped.update(selection.skipped)
     if not inference.frames:
         reasons = ", ".join(f"{n} {r}" for r, n in inference.skipped.items()) or "empty"
@@ -150,9 +192,9 @@ def process_study(
         settings.output.manufacturer,
         model_version,
     )
-    study = _Study(study_uid, selection.images, inference, models.algorithm, templates, settings, overlays)
+    study = _Study(study_uid, selection.images, inference, models.algorithm, models, templates, settings, overlays)
     with timer.stage("encode"):
-        classification = combine_classification(study, models)
+        classification = combine_classification(study)
         encoded = encode_segmentations(study, classification)
         previews, destination_overlays = study_overlays(study, for_destinations=overlays_for_destinations)
         outputs = encoded.outputs + destination_overlays
@@ -304,14 +346,14 @@ def study_overlays(study: _Study, *, for_destinations: bool) -> tuple[list[tuple
     return previews, overlays
 
 
-def combine_classification(study: _Study, models: Models) -> Classification | None:
+def combine_classification(study: _Study) -> Classification | None:
     """The study's class: the mean of the per-image probabilities (None without a classifier)."""
     probabilities = study.inference.probabilities
-    if models.classifier is None or probabilities is None:
+    if study.models.class_labels is None or probabilities is None:
         return None
     labels = tuple(
         ClassLabelCode(label.name, label.code_value, label.coding_scheme_designator, label.code_meaning)
-        for label in models.classifier.labels
+        for label in study.models.class_labels
     )
     return Classification(labels, probabilities.mean(axis=0), len(probabilities))
 

@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 from samie_node.config import Settings, load_settings
 from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates, load_templates
-from samie_node.engine.models import Models, load_models
+from samie_node.engine.backend import LocalEngine
+from samie_node.engine.models import load_models
 from samie_node.errors import NoImagesError
 from samie_node.pipeline import StudyResult, process_study
 from samie_node.testing.sample_studies import (
@@ -34,8 +35,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="module")
-def models(settings: Settings) -> Models:
-    return load_models(settings)
+def models(settings: Settings) -> LocalEngine:
+    return LocalEngine(load_models(settings), settings)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def ct_study(tmp_path: Path) -> Iterator[tuple[list[Path], object]]:
 
 
 def test_ct_series_seg_and_sr(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, lesion = ct_study
     result = process_study(paths, models, templates, settings)
@@ -135,7 +136,7 @@ def test_ct_series_seg_and_sr(
 
 
 def test_sr_states_plainly_that_no_classifier_was_used(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, _ = ct_study
     result = process_study(paths, models, templates, settings)
@@ -143,7 +144,9 @@ def test_sr_states_plainly_that_no_classifier_was_used(
     texts: list[str] = []
     sr.walk(lambda _ds, element: texts.append(str(element.value)) if element.VR in ("UT", "LO", "SH") else None)
     assert any("No classifier configured" in t for t in texts)
-    assert any(models.algorithm.weights_sha256 in t for t in texts)  # the algorithm's weights hash is recorded
+    assert any(
+        models.models_info().algorithm.weights_sha256 in t for t in texts
+    )  # the algorithm's weights hash is recorded
 
 
 @pytest.mark.parametrize(
@@ -156,7 +159,9 @@ def test_sr_states_plainly_that_no_classifier_was_used(
         "examples_palette.dcm",  # palette colour ultrasound
     ],
 )
-def test_bundled_files(name: str, models: Models, templates: Templates, settings: Settings, tmp_path: Path) -> None:
+def test_bundled_files(
+    name: str, models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     path = bundled(name)
     result = process_study([path], models, templates, settings)
     written = check_outputs(result, tmp_path / "out", [path])
@@ -164,7 +169,7 @@ def test_bundled_files(name: str, models: Models, templates: Templates, settings
 
 
 def test_generated_ultrasound_and_photograph(
-    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     for factory in (ultrasound_image, rgb_photograph):
         dataset, lesion = factory()
@@ -178,7 +183,7 @@ def test_generated_ultrasound_and_photograph(
 
 
 def test_multiframe_without_frame_of_reference_gets_overlays(
-    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     dataset, _ = ultrasound_cine(frames=3)  # a cine loop without a frame of reference, as scanners send
     [path] = write_datasets([dataset], tmp_path / "cine")
@@ -195,7 +200,7 @@ def test_multiframe_without_frame_of_reference_gets_overlays(
 
 
 def test_bad_instances_are_skipped_and_the_study_goes_on(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, _ = ct_study
     truncated = tmp_path / "truncated.dcm"
@@ -209,13 +214,13 @@ def test_bad_instances_are_skipped_and_the_study_goes_on(
     assert any("not an image" in reason for reason in skipped)
 
 
-def test_study_without_images_fails_clearly(models: Models, templates: Templates, settings: Settings) -> None:
+def test_study_without_images_fails_clearly(models: LocalEngine, templates: Templates, settings: Settings) -> None:
     with pytest.raises(NoImagesError, match="no processable image"):
         process_study([bundled("test-SR.dcm"), bundled("rtplan.dcm")], models, templates, settings)
 
 
 def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     # Found by the receive fuzz test: a dataset whose own SOP Class UID is garbage (the C-STORE request's
     # class was valid, so it was stored) made highdicom fail with a KeyError while copying attributes.
@@ -232,7 +237,7 @@ def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
 
 
 def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates
 ) -> None:
     paths, _ = ct_study
     settings = load_settings(None, {"engine": {"device": "cpu"}, "output": {"sr": False}})

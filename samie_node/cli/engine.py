@@ -18,10 +18,15 @@ from samie_node.errors import SamieNodeError
 def _segmenter(settings: Settings) -> tuple[Any, Any]:
     """The configured segmenter, loaded on the device the settings ask for, and that device."""
     from samie_node.engine.device import select_device, select_precision
+    from samie_node.engine.models import engine_cache
     from samie_node.engine.weights import load_segmenter
 
     device = select_device(settings.engine)
-    return load_segmenter(settings.segmenter, device, select_precision(settings.engine, device)), device
+    precision = select_precision(settings.engine, device)
+    segmenter = load_segmenter(
+        settings.segmenter, device, precision, runtime=settings.engine.runtime, cache_dir=engine_cache(settings)
+    )
+    return segmenter, device
 
 
 def _segmenter_overrides(segmenter: str | None, sam_checkpoint: Path | None) -> dict[str, Any]:

@@ -1,17 +1,22 @@
 """The engine's part of a study: decode each selected image, segment it, enhance it, classify it.
 
-Frames are prepared and run through the models a batch at a time; of each frame only its mask is kept
-(bit-packed) with its area and region count, and the classifier's probabilities, so memory stays flat as
-studies grow. An instance that cannot be decoded is skipped with its reason and the study carries on.
+The unit of work is a chunk: a few images of one study, as the encoded bytes the node read from its
+spool. :func:`run_chunk` decodes them itself, runs the models a batch at a time and returns per-frame
+results; it is the same function in the node's process (local backend) and in a Ray actor, so both
+give the same masks for the same input. Of each frame only its mask is kept (bit-packed) with its area
+and region count, and the classifier's probabilities, so memory stays flat as studies grow. An instance
+that cannot be decoded is skipped with its reason and the study carries on. :func:`assemble` puts a
+study's chunk results back together in the order of its images.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
@@ -136,24 +141,56 @@ class Inference:
     skipped: Counter[str]
 
 
+@dataclass(frozen=True)
+class SourceImage:
+    """One instance of a chunk as the engine receives it: its SOP Instance UID and its encoded file."""
+
+    sop_instance_uid: str
+    data: bytes
+
+
+@dataclass
+class ChunkResult:
+    """What the engine returns for one chunk (pickled when it comes back from a Ray actor).
+
+    Attributes
+    ----------
+    frames
+        Per decoded frame, in the chunk's order.
+    probabilities
+        (frames, classes), or None without a classifier.
+    skipped
+        SOP Instance UID -> why it could not be used; the chunk's other images were used.
+    timings_ms
+        Time per stage (prepare, segment, enhance, classify) spent on the chunk.
+    worker
+        Who ran it (``local``, or the Ray node and process), for the log.
+    """
+
+    frames: list[FrameResult]
+    probabilities: np.ndarray | None
+    skipped: dict[str, str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    worker: str = "local"
+
+
 def _frames(
-    images: Sequence[Candidate], max_pixels: int, skipped: Counter[str], usable: list[Dataset], timer: StageTimer
+    images: Sequence[SourceImage], max_pixels: int, skipped: dict[str, str], timer: StageTimer
 ) -> Iterator[PreparedFrame]:
-    for candidate in images:
+    for image in images:
         started = time.perf_counter()
         try:
-            frames = prepare_dataset(pydicom.dcmread(candidate.path), max_pixels=max_pixels)
+            frames = prepare_dataset(pydicom.dcmread(io.BytesIO(image.data)), max_pixels=max_pixels)
         except SamieNodeError as exc:
-            skipped[str(exc)[:120]] += 1
-            LOG.warning("instance skipped sop_instance_uid=%s: %s", candidate.header.SOPInstanceUID, exc)
+            skipped[image.sop_instance_uid] = str(exc)[:120]
+            LOG.warning("instance skipped sop_instance_uid=%s: %s", image.sop_instance_uid, exc)
             continue
         except Exception as exc:  # decoders raise many types; one bad instance must not stop the study
-            skipped[f"cannot decode ({type(exc).__name__})"] += 1
-            LOG.warning("instance skipped sop_instance_uid=%s: %s", candidate.header.SOPInstanceUID, type(exc).__name__)
+            skipped[image.sop_instance_uid] = f"cannot decode ({type(exc).__name__})"
+            LOG.warning("instance skipped sop_instance_uid=%s: %s", image.sop_instance_uid, type(exc).__name__)
             continue
         finally:
             timer.add("prepare", started)
-        usable.append(candidate.header)
         yield from frames
 
 
@@ -187,16 +224,40 @@ def _run_batch(
     return results, probabilities
 
 
-def infer_study(images: Sequence[Candidate], models: Models, settings: Settings, timer: StageTimer) -> Inference:
-    """Run the models over every frame of the selected images, ``segmenter.batch_size`` frames at a time."""
-    frames: dict[FrameKey, FrameResult] = {}
+def run_chunk(images: Sequence[SourceImage], models: Models, settings: Settings) -> ChunkResult:
+    """Decode a chunk's images and run the models over their frames, ``segmenter.batch_size`` at a time."""
+    timer = StageTimer()
+    frames: list[FrameResult] = []
     probabilities: list[np.ndarray] = []
-    usable: list[Dataset] = []
-    skipped: Counter[str] = Counter()
-    prepared = _frames(images, settings.limits.max_pixels, skipped, usable, timer)
+    skipped: dict[str, str] = {}
+    prepared = _frames(images, settings.limits.max_pixels, skipped, timer)
     for batch in _batches(prepared, settings.segmenter.batch_size):
         results, batch_probabilities = _run_batch(batch, models, timer)
-        frames.update((result.key, result) for result in results)
+        frames.extend(results)
         if batch_probabilities is not None:
             probabilities.append(batch_probabilities)
-    return Inference(frames, np.concatenate(probabilities) if probabilities else None, usable, skipped)
+    return ChunkResult(frames, np.concatenate(probabilities) if probabilities else None, skipped, timer.ms)
+
+
+def cut_chunks(images: Sequence[Candidate], size: int) -> list[list[Candidate]]:
+    """A study's images in chunks of ``size``, in order: the units the scheduler hands to the engine."""
+    return [list(images[start : start + size]) for start in range(0, len(images), size)]
+
+
+def assemble(images: Sequence[Candidate], results: Sequence[ChunkResult], timer: StageTimer) -> Inference:
+    """A study's :class:`Inference` from its chunks' results, given in the order of its chunks."""
+    frames: dict[FrameKey, FrameResult] = {}
+    probabilities = [r.probabilities for r in results if r.probabilities is not None]
+    skipped_uids: dict[str, str] = {}
+    for result in results:
+        frames.update((frame.key, frame) for frame in result.frames)
+        skipped_uids.update(result.skipped)
+        for stage, ms in result.timings_ms.items():
+            timer.ms[stage] = timer.ms.get(stage, 0.0) + ms
+    usable = [c.header for c in images if str(c.header.SOPInstanceUID) not in skipped_uids]
+    return Inference(
+        frames,
+        np.concatenate(probabilities) if probabilities else None,
+        usable,
+        Counter(skipped_uids.values()),
+    )
