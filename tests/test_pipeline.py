@@ -258,7 +258,7 @@ def test_the_class_is_written_where_the_viewer_shows_it(templates: Templates, tm
 
     checkpoint, _ = _saved(tmp_path)
     settings = load_settings(None, {"engine": {"device": "cpu"}, "classifier": {"checkpoint": str(checkpoint)}})
-    models = load_models(settings)
+    models = LocalEngine(load_models(settings), settings)
     dataset, _ = ultrasound_image()
     [path] = write_datasets([dataset], tmp_path / "us")
     result = process_study([path], models, templates, settings)
