@@ -11,6 +11,7 @@ from samie_node.engine.models import load_models
 from samie_node.net.send import Sender
 from samie_node.node import Node
 from samie_node.spool import Spool
+from samie_node.status import EngineInfo
 from samie_node.worker import Worker
 
 LOG = logging.getLogger("samie_node.runtime")
@@ -30,4 +31,16 @@ def build_node(settings: Settings) -> Node:
         LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
     worker = Worker(settings, spool, audit, models, templates)
     sender = Sender(settings, spool, audit)
-    return Node(settings, spool=spool, audit=audit, services=[worker, sender])
+    engine = EngineInfo(
+        segmenter=models.segmenter.name,
+        classifier=models.classifier.arch if models.classifier is not None else "",
+        model_version=models.algorithm.model_version,
+        device=models.device,
+        backend="local",  # the engine backend's name (local, or Ray once that backend exists)
+    )
+    node = Node(settings, spool=spool, audit=audit, services=[worker, sender], engine=engine)
+    if settings.http.enabled:
+        from samie_node.http.server import HttpServer
+
+        node.servers.append(HttpServer(node, sender))
+    return node

@@ -13,6 +13,26 @@ from samie_node.summary import StudySummary
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """The engine as the console, ``/readyz`` and ``samie_build_info`` describe it.
+
+    ``backend`` says where the models run: ``local`` (this process). The Ray backend sets its own name
+    here (``runtime.build_node`` fills this in from the loaded models and the engine settings).
+    """
+
+    segmenter: str
+    classifier: str
+    model_version: str
+    device: str
+    backend: str = "local"
+
+    @property
+    def model(self) -> str:
+        """The models as one line: the segmenter, and the classifier when there is one."""
+        return f"{self.segmenter} + {self.classifier}" if self.classifier else self.segmenter
+
+
+@dataclass(frozen=True)
 class OutputStatus:
     """One result's delivery to one destination."""
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from samie_node.audit import AuditLog
-from samie_node.config import Peer, Settings
+from samie_node.config import DicomwebPeer, Peer, Settings
 from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates
 from samie_node.engine.models import Models
@@ -24,9 +24,9 @@ from samie_node.spool import Spool, StudyRecord
 LOG = logging.getLogger("samie_node.worker")
 
 
-def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer]:
+def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer | DicomwebPeer]:
     """Where a study's results go: the configured destinations, plus the sender when configured so."""
-    peers = list(settings.send.destinations)
+    peers: list[Peer | DicomwebPeer] = list(settings.send.destinations)
     send = settings.send
     if send.return_to_caller and study.calling_ae_title and study.calling_host and send.return_port:
         caller = Peer(ae_title=study.calling_ae_title, host=study.calling_host, port=send.return_port)
@@ -73,12 +73,13 @@ class Worker:
             return False
         started = self._clock()
         study = self._spool.study(study_instance_uid)
+        timings_ms: dict[str, float] = {}
         try:
             if study is None:
                 raise SamieNodeError("study vanished from the index")
             result = self.process(study)
             final = self._spool.finish_study(study_instance_uid, "done", "", result.summary.to_dict())
-            outcome, reason = "done", ""
+            outcome, reason, timings_ms = "done", "", result.summary.timings_ms
         except SamieNodeError as exc:
             outcome, reason = "failed", str(exc)
         except Exception as exc:  # a bug must not stop the worker: the study fails with the error's type
@@ -95,6 +96,7 @@ class Worker:
             state=final,
             reason=reason[:200],
             ms=round(elapsed_ms, 1),
+            timings_ms=timings_ms,
         )
         return True
 
