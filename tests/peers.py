@@ -177,10 +177,11 @@ class Orthanc:
         plugins: list[str] | None = None,
         ae_title: str = "ORTHANC",
         extra_config: dict[str, Any] | None = None,
+        http_port: int | None = None,
     ) -> None:
         require_tool(ORTHANC_BINARY)
         self.tmp = tmp
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.dicom_port = free_port()
         self.ae_title = ae_title
         storage = tmp / "orthanc-storage"

@@ -18,7 +18,6 @@ stored, whole, as after an association aborted mid-study; the sender's retry rep
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -111,26 +110,35 @@ class PartResult:
 
 
 def read_file_meta(data: bytes | bytearray) -> tuple[Dataset, int]:
-    """The File Meta Information of a Part 10 file and the offset where its dataset starts.
+    """The File Meta Information of a Part 10 part and the offset where its dataset starts.
+
+    Tolerant as readers should be: the 128-byte preamble and the ``DICM`` prefix may be missing (pydicom
+    writes a dataset that has none that way, and ``dicomweb-client`` sends what pydicom writes); the File
+    Meta group itself, with its Transfer Syntax UID, may not.
 
     Raises
     ------
     InvalidInputError
-        If ``data`` is not a Part 10 file or its File Meta is cut off or unreadable.
+        If the part has no File Meta, or it is cut off or unreadable.
     """
-    if len(data) < 144 or data[128:132] != b"DICM":
-        raise InvalidInputError("part is not a DICOM Part 10 file (no DICM prefix)")
-    group, element, vr, length = struct.unpack_from("<HH2sH", data, 132)
-    if (group, element, vr, length) != (0x0002, 0x0000, b"UL", 4):
-        raise InvalidInputError("File Meta Information Group Length missing")
-    end = 144 + struct.unpack_from("<I", data, 140)[0]
-    if end > len(data):
-        raise InvalidInputError("File Meta Information cut off")
+    if data[128:132] == b"DICM":
+        start = 132
+    elif data[:4] == b"DICM":
+        start = 4
+    elif data[:2] == b"\x02\x00":
+        start = 0
+    else:
+        raise InvalidInputError("part is not a DICOM Part 10 file (no File Meta Information)")
+    stream = BytesIO(bytes(data[start : start + _HEAD]))
     try:
-        meta = read_dataset(BytesIO(bytes(data[144:end])), is_implicit_VR=False, is_little_endian=True)
-        return meta, end
+        meta = read_dataset(
+            stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, _vr, _length: tag.group != 2
+        )
     except Exception as exc:  # pydicom raises many types on malformed input
         raise InvalidInputError(f"File Meta Information cannot be parsed ({type(exc).__name__})") from exc
+    if "TransferSyntaxUID" not in meta:
+        raise InvalidInputError("File Meta Information without a Transfer Syntax UID")
+    return meta, start + stream.tell()
 
 
 def _uid(meta: Dataset | None, keyword: str) -> str:
