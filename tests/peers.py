@@ -145,6 +145,7 @@ def node_config(tmp: Path, port: int, **sections: dict[str, Any]) -> Path:
     base: dict[str, dict[str, Any]] = {
         "node": {"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "data")},
         "study": {"quiet_period_s": 1.0, "poll_interval_s": 0.2},
+        "http": {"port": free_port()},  # the default 8765 may be taken by another node on the machine
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

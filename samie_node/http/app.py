@@ -254,7 +254,7 @@ def create_app(node: Node, sender: Sender) -> tuple[Starlette, Console]:
     logging.getLogger("samie_node").addHandler(errors)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
-    templates.env.filters["mib"] = lambda n: f"{n / 1024**2:,.1f} MiB"
+    templates.env.filters["size"] = lambda n: f"{n / 1024**2:,.1f} MiB" if n >= 1024**2 else f"{n / 1024:,.0f} KiB"
     templates.env.filters["gib"] = lambda n: f"{n / 1024**3:,.2f} GiB"
     console = Console(node, sender, Guard(load_token(node.settings.http)), NodeMetrics(node), templates, errors)
     return Starlette(routes=build_routes(console)), console
