@@ -78,7 +78,8 @@ def test_dicomweb_destinations_beside_dimse_ones(tmp_path: Path) -> None:
     assert send.destination("PACS@10.0.0.5:104") == send.destinations[0]
     with pytest.raises(ConfigError, match="no DICOMweb destination named 'other'"):
         send.destination("dicomweb:other")
-    bad = '[[send.destinations]]\nkind = "dicomweb"\nname = "x"\nurl = "https://p"\nusername = "u"\ntoken = "t"\n'
+    bad = '[[send.destinations]]\nkind = "dicomweb"\nname = "x"\nurl = "https://p"\n'
+    bad += 'username = "u"\npassword = "p"\ntoken = "t"\n'
     config.write_text(bad)
     with pytest.raises(ConfigError, match="not both"):
         load_settings(config)
