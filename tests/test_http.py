@@ -18,7 +18,7 @@ from dicomweb_client.api import DICOMwebClient
 from peers import require_tool
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from web_support import TOKEN, bearer, http, running_web_node, scrape, value
+from web_support import ENGINE, TOKEN, bearer, http, running_web_node, scrape, value
 
 from samie_node.testing.sample_studies import PATIENT_ID, PATIENT_NAME, ct_series, ultrasound_image
 
@@ -59,7 +59,7 @@ def test_metrics_move_by_what_a_store_did(tmp_path: Path) -> None:
     assert moved("samie_spool_bytes") == sum(p.stat().st_size for p in stored)
     assert value(after, "samie_disk_free_bytes") > 0
     assert value(after, "samie_build_info", backend="local", device="cpu", model="LiteMedSAM",
-                 model_version="test-models", version="0.1.0") == 1  # fmt: skip
+                 model_version=ENGINE.models_info().algorithm.model_version, version="0.1.0") == 1  # fmt: skip
     assert not [key for key in after if any("." in v and v.count(".") > 3 for _, v in key[1])], "a UID as a label"
 
 

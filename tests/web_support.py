@@ -22,15 +22,29 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from samie_node.audit import AuditLog
 from samie_node.config import Settings, load_settings
+from samie_node.encode.seg import AlgorithmInfo
+from samie_node.engine.backend import EngineState
+from samie_node.engine.models import ModelsInfo
 from samie_node.http.server import HttpServer
 from samie_node.net.send import Sender
 from samie_node.node import Node
 from samie_node.spool import TMP_MARKER, Spool
-from samie_node.status import EngineInfo
 from samie_node.testing.ports import free_port
 
 TOKEN = "test-token-0123456789abcdef"
-ENGINE = EngineInfo(segmenter="LiteMedSAM", classifier="", model_version="test-models", device="cpu")
+
+
+class DescribedEngine:
+    """An engine that holds no models and only describes itself: the web tests process no study."""
+
+    def models_info(self, wait_s: float = 0.0) -> ModelsInfo:
+        return ModelsInfo(AlgorithmInfo("LiteMedSAM", "test", "0" * 64), None, "cpu")
+
+    def state(self) -> EngineState:
+        return EngineState("local", True, 1, "test engine, no models")
+
+
+ENGINE = DescribedEngine()
 
 
 @dataclass
