@@ -17,7 +17,8 @@ LOG = logging.getLogger("samie_node.runtime")
 
 
 def build_node(settings: Settings) -> Node:
-    """Open the spool and audit trail, open the engine and build the node with its worker and sender.
+    """Open the spool and audit trail, open the engine and build the node with its worker, sender and (when
+    enabled) its HTTP server.
 
     The local engine loads its models before the listener starts, so that a wrong checkpoint stops
     ``serve`` with a clear error instead of failing every study later. The Ray engine starts its workers
@@ -31,4 +32,9 @@ def build_node(settings: Settings) -> Node:
         LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
     worker = Worker(settings, spool, audit, engine, templates)
     sender = Sender(settings, spool, audit)
-    return Node(settings, spool=spool, audit=audit, services=[worker, sender], on_stop=[worker.close])
+    node = Node(settings, spool=spool, audit=audit, services=[worker, sender], engine=engine, on_stop=[worker.close])
+    if settings.http.enabled:
+        from samie_node.http.server import HttpServer
+
+        node.servers.append(HttpServer(node, sender))
+    return node

@@ -21,6 +21,28 @@ ENGINE_STATE_FILE = "engine-state.json"
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """The engine as the console, ``/readyz`` and ``samie_build_info`` describe it.
+
+    ``backend`` says where the models run: ``local`` (this process) or ``ray``; ``available`` whether a
+    worker can take work now, and ``detail`` why not or where it runs. ``classifier`` names its classes.
+    """
+
+    segmenter: str
+    classifier: str
+    model_version: str
+    device: str
+    backend: str = "local"
+    available: bool = True
+    detail: str = ""
+
+    @property
+    def model(self) -> str:
+        """The models as one line: the segmenter, and the classifier when there is one."""
+        return f"{self.segmenter} + {self.classifier}" if self.classifier else self.segmenter
+
+
+@dataclass(frozen=True)
 class OutputStatus:
     """One result's delivery to one destination."""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from samie_node.audit import AuditLog
-from samie_node.config import Peer, Settings
+from samie_node.config import DicomwebPeer, Peer, Settings
 from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates
 from samie_node.engine.backend import Engine, EngineState
@@ -39,9 +39,9 @@ from samie_node.timing import StageTimer
 LOG = logging.getLogger("samie_node.worker")
 
 
-def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer]:
+def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer | DicomwebPeer]:
     """Where a study's results go: the configured destinations, plus the sender when configured so."""
-    peers = list(settings.send.destinations)
+    peers: list[Peer | DicomwebPeer] = list(settings.send.destinations)
     send = settings.send
     if send.return_to_caller and study.calling_ae_title and study.calling_host and send.return_port:
         caller = Peer(ae_title=study.calling_ae_title, host=study.calling_host, port=send.return_port)
@@ -190,6 +190,7 @@ class Worker:
             state=final,
             reason=reason[:200],
             ms=round((self._clock() - started) * 1000, 1),
+            timings_ms=result.summary.timings_ms if result is not None else {},
         )
 
     def queue_outputs(self, study: StudyRecord, result: StudyResult) -> None:

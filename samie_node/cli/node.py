@@ -1,5 +1,5 @@
-"""The node's commands, for the PACS administrator and the operator: serve, echo, status, resend, process,
-retrieve, demo."""
+"""The node's commands, for the PACS administrator and the operator: serve, echo, status, resend, reprocess,
+process, retrieve, demo."""
 
 from __future__ import annotations
 
@@ -138,7 +138,9 @@ def resend(
     since: Annotated[str | None, typer.Option("--since", help="Studies dated on or after YYYYMMDD.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only results waiting for a retry.")] = False,
     dead: Annotated[bool, typer.Option("--dead", help="Only results that gave up (dead letters).")] = False,
-    to: Annotated[str | None, typer.Option("--to", help="Send to this AE@HOST:PORT instead.")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Send to this AE@HOST:PORT (or dicomweb:NAME) instead.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be sent; send nothing.")] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -154,7 +156,7 @@ def resend(
     if since is not None and not (len(since) == 8 and since.isdigit()):
         raise fail("--since takes a date as YYYYMMDD")
     try:
-        target = Peer.parse(to) if to else None
+        target = settings.send.destination(to) if to else None
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
     spool = open_spool(settings)
@@ -192,6 +194,30 @@ def resend(
     spool.close()
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command(rich_help_panel="The node: administrator and operator")
+def reprocess(
+    study: Annotated[list[str] | None, typer.Option("--study", help="Study Instance UID (repeatable).")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed study.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Queue done or failed studies for processing again by the running node (results are replaced)."""
+    from samie_node.reprocess import reprocess as run_reprocess
+
+    settings = settings_from(config, data_dir_override(data_dir))
+    if not (study or failed):
+        raise fail("give --study or --failed")
+    spool = open_spool(settings)
+    uids = list(study or []) + ([s.study_instance_uid for s in spool.studies("failed")] if failed else [])
+    summary = run_reprocess(spool, uids)
+    AuditLog.for_settings(settings).record("studies_requeued", studies=summary.queued, by="cli")
+    spool.close()
+    console = Console()
+    console.print(counts_table("reprocess", [("queued", len(summary.queued)), ("left alone", len(summary.skipped))]))
+    for uid, why in summary.skipped:
+        console.print(f"left alone {uid}: {why}")
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
