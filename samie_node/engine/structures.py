@@ -143,7 +143,9 @@ def _foreground(luma: np.ndarray) -> tuple[np.ndarray, bool]:
     background = np.isin(labels, edge_labels[edge_labels > 0])
     edge_cover = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]).mean()
     everywhere = np.ones_like(luma, bool)
-    if edge_cover < 0.25 or not 0.05 <= background.mean() <= 0.95 or float(luma[background].std()) > 12:
+    # A background leaves most of the picture to the subject (a fundus' field of view, a body in its
+    # air); a dark image whose "background" would be nearly all of it is dark tissue, not air.
+    if edge_cover < 0.25 or not 0.05 <= background.mean() <= 0.8 or float(luma[background].std()) > 12:
         return everywhere, False
     return ~background, True
 
