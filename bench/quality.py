@@ -16,10 +16,10 @@ photographs, CT and MR structures, and noise-only controls) it prints:
 - lesion recall (a lesion is found when a kept region overlaps it with IoU >= 0.5), the share of kept
   pixels outside every lesion, and how many lesion-free images got any region.
 
-Then every single-frame image bundled with pydicom (read from the installed package, never downloaded):
-its modality, the profile chosen, and each kept region's area and measurements. ``--sheet`` writes a
-contact sheet (truth in green, kept regions in the SEG's colours) of the report seed and the real images.
-The node's engine runs as the node runs it (OpenVINO when it loads, else torch).
+Then every image bundled with pydicom (read from the installed package, never downloaded; the first frame
+of multi-frame ones): its modality, the profile chosen, and each kept region's area and measurements.
+``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the report seed
+and the real images. The node's engine runs as the node runs it (OpenVINO when it loads, else torch).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from samie_node.testing.quality import KIND_MODALITY, score_set, summarise
 
 
 def _real_images() -> list[tuple[str, str, np.ndarray]]:
-    """(name, modality, first frame) of every single-frame pydicom test image that decodes, distinct pixels."""
+    """(name, modality, first frame) of every pydicom test image that decodes, distinct pixels."""
     root = os.path.dirname(pydicom.data.__file__)
     seen: set[bytes] = set()
     found = []
@@ -58,8 +58,6 @@ def _real_images() -> list[tuple[str, str, np.ndarray]]:
             warnings.simplefilter("ignore")
             try:
                 dataset = pydicom.dcmread(path)
-                if int(dataset.get("NumberOfFrames", 1) or 1) != 1:
-                    continue
                 frame = prepare_dataset(dataset, max_pixels=10**8)[0]
             except Exception:
                 continue
