@@ -141,7 +141,7 @@ def _round(segmenter: SamSegmenter, images: list[np.ndarray], boxes: list[np.nda
     encoder = _seconds(lambda: embeddings.extend(segmenter.embed([image])[0] for image in images))
     pairs = list(zip(embeddings, boxes, strict=True))
     box = _seconds(lambda: [segmenter._segment_boxes(e, b) for e, b in pairs])
-    auto = _seconds(lambda: [segmenter._segment_proposals(i, e) for i, e in zip(images, embeddings, strict=True)])
+    auto = _seconds(lambda: [segmenter._segment_proposals(i, e, "") for i, e in zip(images, embeddings, strict=True)])
     return {name: 1000 * value / len(images) for name, value in (("encoder", encoder), ("box", box), ("auto", auto))}
 
 
@@ -209,7 +209,7 @@ def _other_stages(
     )
     classifier = Classifier(build_model(args.classifier, 2), content, sha256="", device=CPU, precision=None)
     classifier.batch_size = 1
-    masks = [segmenter._segment_proposals(i, segmenter.embed([i])[0]) for i in images]
+    masks = [segmenter._segment_proposals(i, segmenter.embed([i])[0], "") for i in images]
     enhanced = [sam_ie(i, m).image for i, m in zip(images, masks, strict=True)]
     stages: dict[str, Callable[[], object]] = {
         "prepare (DICOM to 8-bit RGB)": lambda: [prepare_dataset(d, max_pixels=10**9) for d in datasets],

@@ -198,10 +198,41 @@ class SelectionSettings(_Strict):
     """Which instances of a study the engine looks at."""
 
     modalities: list[str] = Field(
-        default_factory=lambda: ["CT", "MR", "US", "XC", "OT", "CR", "DX", "MG", "PT", "NM", "SM", "ES", "GM"]
+        default_factory=lambda: ["CT", "MR", "US", "XC", "OP", "OT", "CR", "DX", "MG", "PT", "NM", "SM", "ES", "GM"]
     )
     skip_image_types: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCREEN SAVE", "DOSE INFO"])
     max_images_per_study: int = Field(default=2000, ge=1)
+
+
+class StructureProfile(_Strict):
+    """When an automatic-mode mask counts as a structure, for one modality family (LiteMedSAM).
+
+    Every threshold is a label-free measurement of the mask against a ring around it and along its
+    border (see :mod:`samie_node.engine.structures`). The defaults were tuned on generated images of one
+    seed and checked on another (``bench/quality.py``).
+    """
+
+    min_contrast: float = Field(default=2.5, ge=0)
+    min_z: float = Field(default=6.0, ge=0)
+    min_edge: float = Field(default=1.0, ge=0)
+    min_edge_local: float = Field(default=1.6, ge=0)
+    min_thickness: float = Field(default=0.5, ge=0, le=1)
+    min_solidity: float = Field(default=0.6, ge=0, le=1)
+    min_pred_iou: float = Field(default=0.6, ge=0, le=1)
+    min_stability: float = Field(default=0.6, ge=0, le=1)
+    min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
+    max_area_fraction: float = Field(default=0.45, gt=0, le=1)
+
+
+def _default_profiles() -> dict[str, StructureProfile]:
+    return {
+        "US": StructureProfile(min_pred_iou=0.7, min_area_fraction=0.008),
+        "XC": StructureProfile(min_edge_local=1.4, min_z=0.0, min_area_fraction=0.005),
+        "OP": StructureProfile(min_edge_local=2.2, min_z=8.0, min_area_fraction=0.003),
+        "CT": StructureProfile(min_stability=0.7),
+        "MR": StructureProfile(min_edge_local=1.8, min_z=8.0),
+        "default": StructureProfile(min_contrast=4.0, min_edge_local=1.8, min_z=8.0, min_area_fraction=0.003),
+    }
 
 
 class SegmenterSettings(_Strict):
@@ -217,8 +248,24 @@ class SegmenterSettings(_Strict):
     stability_score_thresh: float = Field(default=0.85, ge=0, le=1)
     min_region_area: int = Field(default=16, ge=0)
     max_masks: int = Field(default=8, ge=1, le=256)
-    max_mask_fraction: float = Field(default=0.5, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=256)
+    profiles: dict[str, StructureProfile] = Field(default_factory=_default_profiles)
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _profiles_over_defaults(cls, value: Any) -> Any:
+        """A profile in the file changes only the thresholds it names; the other profiles stay, and a new
+        modality's profile starts from ``default``."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {name: p.model_dump() for name, p in _default_profiles().items()}
+        for name in sorted(value, key=lambda n: n != "default"):
+            given = value[name]
+            if isinstance(given, dict):
+                merged[name] = {**merged.get(name, merged["default"]), **given}
+            else:
+                merged[name] = given
+        return merged
 
     @model_validator(mode="after")
     def _sam_needs_checkpoint(self) -> SegmenterSettings:
@@ -228,6 +275,8 @@ class SegmenterSettings(_Strict):
             x0, y0, x1, y1 = self.box
             if not (x1 > x0 and y1 > y0):
                 raise ValueError("segmenter.box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        if "default" not in self.profiles:
+            raise ValueError("segmenter.profiles needs a 'default' profile (modalities without their own)")
         return self
 
 

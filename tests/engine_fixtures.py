@@ -71,7 +71,12 @@ class ThresholdSegmenter:
     def __init__(self) -> None:
         self.calls = 0
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray | None] | None = None,
+        modalities: Sequence[str] | None = None,
+    ) -> list[MaskSet]:
         self.calls += len(images)
         results = []
         for image in images:

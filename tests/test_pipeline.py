@@ -284,3 +284,38 @@ def test_the_class_is_written_where_the_viewer_shows_it(templates: Templates, tm
         if item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"
     ]
     assert methods == ["Mean of the per-image probabilities"] * 2
+
+
+@pytest.mark.parametrize("style", ["speckle", "flat"])
+def test_an_image_with_nothing_in_it_gives_no_region_and_the_sr_says_so(
+    style: str, models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    from samie_node.testing.sample_studies import _set_pixels
+
+    dataset, _ = ultrasound_image(seed=4)
+    rng = np.random.default_rng(9)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    flat = np.full((rows, columns), 97.0)
+    pixels = flat if style == "flat" else 60 * rng.rayleigh(1.0, (rows, columns)) + 30
+    _set_pixels(dataset, np.clip(pixels, 0, 255))
+    [path] = write_datasets([dataset], tmp_path / "in")
+    result = process_study([path], models, templates, settings)
+    written = check_outputs(result, tmp_path / "out", [path])
+    assert not any(result.regions.values())
+    seg = pydicom.dcmread(written["SEG"][0])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [templates.segments.region.empty_label]
+    sr = pydicom.dcmread(written["SR"][0])
+    empty = templates.report.regions.empty_result
+    codes = [
+        item.ConceptCodeSequence[0].CodeValue
+        for item in _walk(sr.ContentSequence)
+        if item.ValueType == "CODE" and "ConceptCodeSequence" in item
+    ]
+    assert empty.value in codes
+
+
+def _walk(items: pydicom.Sequence) -> Iterator[pydicom.Dataset]:
+    for item in items:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)

@@ -61,6 +61,7 @@ CT_SMALL_STRUCTURES = {
     "vertebral body": (44, 6, 78, 46),
     "spinal canal": (48, 42, 70, 62),
     "aorta": (84, 0, 112, 24),
+    "vertebral arch": (30, 54, 86, 80),
 }
 SEG_DESCRIPTION = load_templates().segments.series_description
 SR_DESCRIPTION = load_templates().report.series_description
@@ -272,7 +273,7 @@ def _shown_finding(sr: Dataset) -> tuple[list[str], np.ndarray, str]:
 
 
 def test_real_ct_shows_a_region_on_its_anatomy(session: Session) -> None:
-    """pydicom's CT_small through Orthanc: OHIF draws a region on the vertebra, the canal or the aorta."""
+    """pydicom's CT_small through Orthanc: OHIF draws a region on the vertebra (body or arch), canal or aorta."""
     case = session.cases["real_ct"]
     assert case.seg is not None
     seg_view = case.require_view("seg")
@@ -289,7 +290,7 @@ def test_real_ct_shows_a_region_on_its_anatomy(session: Session) -> None:
         for name, (c0, r0, c1, r1) in CT_SMALL_STRUCTURES.items():
             if c0 <= centre[0] <= c1 and r0 <= centre[1] <= r1:
                 found.append((number, name, mask))
-    assert found, "no region of the SEG lies on the vertebra, the spinal canal or the aorta"
+    assert found, "no region of the SEG lies on the vertebra (body or arch), the spinal canal or the aorta"
     number, name, mask = found[0]
     before, after = case.shot(seg_view["before"]), case.shot(seg_view["after"])
     check = check_overlay(before, after, geometry, mask, load_templates().segments.colour(number))

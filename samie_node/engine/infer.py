@@ -210,7 +210,7 @@ def _run_batch(
 ) -> tuple[list[FrameResult], np.ndarray | None]:
     images = [frame.image for frame in batch]
     with timer.stage("segment"):
-        mask_sets = models.segmenter.segment(images)
+        mask_sets = models.segmenter.segment(images, modalities=[frame.modality for frame in batch])
     with timer.stage("enhance"):
         enhanced = [sam_ie(image, masks) for image, masks in zip(images, mask_sets, strict=True)]
     probabilities = None

@@ -68,6 +68,12 @@ class Segmenter(Protocol):
     def weights_sha256(self) -> str:
         """SHA-256 of the model's weights."""
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
-        """Segment (H, W, 3) uint8 RGB ``images``; ``boxes[i]`` is a (K, 4) x0, y0, x1, y1 array or None."""
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray | None] | None = None,
+        modalities: Sequence[str] | None = None,
+    ) -> list[MaskSet]:
+        """Segment (H, W, 3) uint8 RGB ``images``; ``boxes[i]`` is a (K, 4) x0, y0, x1, y1 array or None;
+        ``modalities[i]`` the DICOM Modality of image i (empty: unknown)."""
         ...

@@ -65,6 +65,8 @@ class PreparedFrame:
         statistics; None for colour images, where a mean value would mean nothing.
     value_unit
         The UCUM unit of ``values``.
+    modality
+        The source's DICOM Modality (it chooses the automatic mode's structure profile).
     """
 
     image: np.ndarray
@@ -73,6 +75,7 @@ class PreparedFrame:
     pixel_spacing: tuple[float, float] | None
     values: np.ndarray | None = None
     value_unit: str = ""
+    modality: str = ""
 
 
 def _int_attribute(dataset: Dataset, keyword: str, default: int | None = None) -> int:
@@ -326,6 +329,7 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]
                 pixel_spacing=pixel_spacing(dataset, index),
                 values=None if values is None else values.astype(np.float32),
                 value_unit="" if values is None else value_unit(dataset),
+                modality=str(dataset.get("Modality", "") or ""),
             )
         )
     if not frames:

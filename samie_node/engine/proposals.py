@@ -1,9 +1,13 @@
-"""Where LiteMedSAM's automatic mode puts its box prompts: boxes proposed from the image itself.
+"""Where LiteMedSAM's automatic mode puts its box prompts: regions the image itself suggests.
 
 LiteMedSAM was trained with box prompts: a point grid keeps nothing, and a box around the whole image
-makes it segment the background. So the automatic mode prompts with boxes around regions that the image
-itself suggests (thresholds of a smoothed copy at several scales), and keeps the decoded masks that look
-like structures.
+makes it segment the background. So the automatic mode prompts with boxes around regions of the image:
+every map of :func:`samie_node.engine.structures.image_maps` (luma, Lab a*/b* for colour images, a
+local-contrast copy), smoothed at three scales, is cut at Otsu's threshold and at grey-level percentiles
+of the foreground, bright side and dark side. Each connected region of a plausible size that does not
+span the image gets a quick contrast against a rectangle around it (integral images); the best distinct
+ones get the full structure features, must pass the candidate gate, and the best ``max_candidates`` of
+those are decoded.
 """
 
 from __future__ import annotations
@@ -13,118 +17,40 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from samie_node.config import StructureProfile
+from samie_node.engine.structures import Maps, passes, structure_features, structure_score
+
+#: Gaussian sigmas (px at work size) at which regions are proposed.
+SMOOTHING = (2.0, 4.0, 8.0)
+#: Grey-level percentiles of the foreground used as thresholds besides Otsu's, so structures inside a large
+#: bright body (organs in a CT slice) are proposed too.
+PERCENTILES = (3.0, 8.0, 15.0, 30.0, 50.0, 70.0, 85.0, 92.0, 97.0)
+#: Boxes decoded per image, and the box IoU above which two proposals count as one.
+MAX_CANDIDATES = 10
+CANDIDATE_NMS = 0.6
+
 
 @dataclass(frozen=True)
-class BoxProposals:
-    """Where LiteMedSAM's automatic mode puts box prompts, and which of the resulting masks it keeps.
+class Candidate:
+    """A proposed box (image pixels), its structure score, and the map that proposed it."""
 
-    LiteMedSAM segments well from a box that is tight around an object and poorly from a loose one, and
-    every decoded box costs decoder time, so a blind tiling is both slow and weak. The proposals here come
-    from the image itself instead: the grey image, reduced to ``work_size`` px, is smoothed at each of
-    ``smoothing`` scales, split at its Otsu threshold and at grey-level percentiles into bright and dark
-    regions, and every connected region of a plausible size gives its bounding box, padded by
-    ``padding``. A regular tiling can be added with ``tile_scales`` (box side as a fraction of the image
-    side).
-
-    Attributes
-    ----------
-    smoothing
-        Gaussian sigmas as fractions of ``work_size``: the scales of structure that are proposed.
-    level_percentiles
-        Grey-level percentiles used as thresholds besides Otsu's, so structures inside a large bright
-        body (organs in a CT slice) are proposed too.
-    work_size
-        Long side of the image the proposals are computed on.
-    min_region_fraction, max_region_fraction
-        Region sizes (fractions of the image) that become proposals.
-    padding
-        Box margin as a fraction of the image side.
-    max_proposals
-        The largest distinct regions first, up to this many boxes (tiles come on top).
-    tile_scales, tile_overlap
-        Optional regular tiling added to the content proposals.
-    duplicate_iou
-        Proposals overlapping an earlier one by more than this box IoU are not decoded.
-    nms_iou
-        Box IoU above which the lower-scoring of two kept masks is dropped.
-    max_area_fraction
-        Masks covering more of the image than this are background and dropped.
-    max_border_fraction
-        Masks touching more than this fraction of the image's edge pixels are dropped, for the same
-        reason.
-    """
-
-    smoothing: tuple[float, ...] = (0.03, 0.06)
-    level_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 90.0, 95.0, 98.0)
-    work_size: int = 128
-    min_region_fraction: float = 0.002
-    max_region_fraction: float = 0.5
-    padding: float = 0.03
-    max_proposals: int = 16
-    tile_scales: tuple[float, ...] = ()
-    tile_overlap: float = 0.5
-    duplicate_iou: float = 0.9
-    nms_iou: float = 0.7
-    max_area_fraction: float = 0.5
-    max_border_fraction: float = 0.2
-
-    def boxes(self, image: np.ndarray) -> np.ndarray:
-        """Return (K, 4) float32 x0, y0, x1, y1 box prompts in pixels of the (H, W, 3) ``image``."""
-        height, width = image.shape[:2]
-        kept: list[np.ndarray] = []
-        for box in self._region_boxes(image):
-            if len(kept) == self.max_proposals:
-                break
-            if all(_box_iou(box, other) <= self.duplicate_iou for other in kept):
-                kept.append(box)
-        for box in self._tile_boxes(height, width):
-            if all(_box_iou(box, other) <= self.duplicate_iou for other in kept):
-                kept.append(box)
-        return np.asarray(kept, np.float32).reshape(-1, 4)
-
-    def _region_boxes(self, image: np.ndarray) -> list[np.ndarray]:
-        height, width = image.shape[:2]
-        scale = self.work_size / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-        regions: list[tuple[int, np.ndarray]] = []
-        for sigma in self.smoothing:
-            blurred = cv2.GaussianBlur(small, (0, 0), sigma * self.work_size)
-            low, high = float(blurred.min()), float(blurred.max())
-            levels = np.rint((blurred - low) * (255.0 / max(high - low, 1e-6))).astype(np.uint8)
-            otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-            thresholds = {float(otsu), *(float(t) for t in np.percentile(levels, self.level_percentiles))}
-            for threshold in sorted(thresholds):
-                for binary in (levels > threshold, levels <= threshold):
-                    regions += self._regions_of(binary, scale)
-        regions.sort(key=lambda item: -item[0])
-        return [box for _, box in regions]
-
-    def _regions_of(self, binary: np.ndarray, scale: float) -> list[tuple[int, np.ndarray]]:
-        rows, cols = binary.shape
-        _, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        found = []
-        for x, y, w, h, area in stats[1:]:
-            fraction = area / (rows * cols)
-            edges = int(x == 0) + int(y == 0) + int(x + w == cols) + int(y + h == rows)
-            if self.min_region_fraction <= fraction <= self.max_region_fraction and edges < 2:
-                pad_x, pad_y = self.padding * cols, self.padding * rows
-                box = [max(0.0, x - pad_x), max(0.0, y - pad_y), min(cols, x + w + pad_x), min(rows, y + h + pad_y)]
-                found.append((int(area), np.asarray(box, np.float32) / scale))
-        return found
-
-    def _tile_boxes(self, height: int, width: int) -> list[np.ndarray]:
-        boxes: list[np.ndarray] = []
-        for scale in self.tile_scales:
-            box_h, box_w = scale * height, scale * width
-            for y0 in _tile_starts(height, box_h, self.tile_overlap):
-                for x0 in _tile_starts(width, box_w, self.tile_overlap):
-                    boxes.append(np.array([x0, y0, min(x0 + box_w, width), min(y0 + box_h, height)], np.float32))
-        return boxes
+    box: np.ndarray
+    score: float
+    source: str
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+@dataclass(frozen=True)
+class _Quick:
+    contrast: float
+    box: np.ndarray  # work pixels
+    channel: int
+    sigma: float
+    threshold: float
+    bright: bool
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two x0, y0, x1, y1 boxes."""
     inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = inter_w * inter_h
@@ -132,10 +58,156 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def _tile_starts(length: int, box: float, overlap: float) -> list[float]:
-    """Evenly spread starts of boxes of size ``box`` over ``length`` with roughly ``overlap`` shared."""
-    if box >= length:
-        return [0.0]
-    stride = box * (1.0 - overlap)
-    count = int(np.ceil((length - box) / stride)) + 1
-    return [float(v) for v in np.linspace(0.0, length - box, count)]
+def _rect_sum(integral: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> float:
+    return float(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0])
+
+
+def _thresholds(values: np.ndarray) -> list[float]:
+    low, high = float(values.min()), float(values.max())
+    levels = np.clip((values - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(levels.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return sorted({low + otsu * (high - low) / 255.0, *np.percentile(values, PERCENTILES).tolist()})
+
+
+class _RegionScan:
+    """Quick contrasts of every thresholded region of one blurred map (integral images, no masks kept)."""
+
+    def __init__(self, blurred: np.ndarray, maps: Maps, profile: StructureProfile, sigma: float) -> None:
+        self.blurred = blurred
+        self.foreground = maps.foreground
+        rows, cols = maps.shape
+        self.shape = (rows, cols)
+        masked = np.where(self.foreground, blurred, 0.0).astype(np.float64)
+        self.s1 = cv2.integral(masked)
+        self.s2 = cv2.integral(masked * masked)
+        self.fg_integral = cv2.integral(self.foreground.astype(np.float64))
+        self.min_area = max(profile.min_area_fraction * rows * cols, np.pi * (1.5 * sigma) ** 2)
+        self.max_area = profile.max_area_fraction * max(1, int(self.foreground.sum()))
+
+    def regions(self, binary: np.ndarray) -> list[tuple[float, np.ndarray, int]]:
+        """(quick contrast, work-pixel box, area) of each plausible connected region of ``binary``."""
+        rows, cols = self.shape
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+        if count <= 1:
+            return []
+        flat = labels.ravel()
+        sums = np.bincount(flat, weights=self.blurred.ravel(), minlength=count)
+        squares = np.bincount(flat, weights=(self.blurred * self.blurred).ravel(), minlength=count)
+        found = []
+        for label in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[label])
+            if not self.min_area <= area <= self.max_area or (x == 0 and w == cols) or (y == 0 and h == rows):
+                continue
+            pad = int(np.clip(0.4 * np.sqrt(area / np.pi), 3, 24))
+            rx0, ry0, rx1, ry1 = max(0, x - pad), max(0, y - pad), min(cols, x + w + pad), min(rows, y + h + pad)
+            n_ring = _rect_sum(self.fg_integral, rx0, ry0, rx1, ry1) - area
+            if n_ring < 8:
+                continue
+            mean_in = sums[label] / area
+            mean_ring = (_rect_sum(self.s1, rx0, ry0, rx1, ry1) - sums[label]) / n_ring
+            var_in = max(squares[label] / area - mean_in**2, 0.0)
+            var_ring = max((_rect_sum(self.s2, rx0, ry0, rx1, ry1) - squares[label]) / n_ring - mean_ring**2, 0.0)
+            contrast = abs(mean_in - mean_ring) / (np.sqrt(0.5 * (var_in + var_ring)) + 0.5)
+            found.append((float(contrast), np.array([x, y, x + w, y + h], np.float32), area))
+        return found
+
+
+def _quick_regions(maps: Maps, profile: StructureProfile) -> list[_Quick]:
+    quick: list[_Quick] = []
+    seen: set[tuple[int, ...]] = set()
+    for index, channel in enumerate(maps.channels):
+        for sigma in SMOOTHING:
+            blurred = cv2.GaussianBlur(channel, (0, 0), sigma)
+            values = blurred[maps.foreground]
+            if values.size < 16 or float(values.max() - values.min()) < 1e-3:
+                continue
+            scan = _RegionScan(blurred, maps, profile, sigma)
+            for threshold in _thresholds(values):
+                for bright in (True, False):
+                    binary = (blurred > threshold if bright else blurred <= threshold) & maps.foreground
+                    for contrast, box, area in scan.regions(binary):
+                        key = (*(int(v) // 3 for v in box), area // 32)
+                        if key not in seen:
+                            seen.add(key)
+                            quick.append(_Quick(contrast, box, index, sigma, threshold, bright))
+    quick.sort(key=lambda item: -item.contrast)
+    return quick
+
+
+def _region_of(item: _Quick, maps: Maps) -> np.ndarray | None:
+    """The largest region of ``item``'s threshold inside its box, as a work-size mask."""
+    blurred = cv2.GaussianBlur(maps.channels[item.channel], (0, 0), item.sigma)
+    x0, y0, x1, y1 = (int(v) for v in item.box)
+    window = blurred[y0:y1, x0:x1]
+    binary = (window > item.threshold) if item.bright else (window <= item.threshold)
+    binary &= maps.foreground[y0:y1, x0:x1]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return None
+    region = np.zeros(maps.shape, bool)
+    region[y0:y1, x0:x1] = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return region
+
+
+def propose(maps: Maps, profile: StructureProfile) -> list[Candidate]:
+    """The best distinct regions of the image, as boxes in image pixels, best first (see the module notes)."""
+    shortlist: list[_Quick] = []
+    for item in _quick_regions(maps, profile):
+        if all(box_iou(item.box, other.box) <= 0.85 for other in shortlist):
+            shortlist.append(item)
+        if len(shortlist) >= 4 * MAX_CANDIDATES:
+            break
+    candidates: list[Candidate] = []
+    for item in shortlist:
+        region = _region_of(item, maps)
+        features = structure_features(region, maps) if region is not None else None
+        if features is not None and passes(features, profile, candidate=True):
+            source = f"{maps.names[item.channel]}{item.sigma:g}{'b' if item.bright else 'd'}"
+            candidates.append(Candidate(item.box / maps.scale, structure_score(features), source))
+    candidates.sort(key=lambda c: -c.score)
+    chosen: list[Candidate] = []
+    for candidate in candidates:
+        if all(box_iou(candidate.box, other.box) <= CANDIDATE_NMS for other in chosen):
+            chosen.append(candidate)
+        if len(chosen) == MAX_CANDIDATES:
+            break
+    return chosen
+
+
+def grow(boxes: np.ndarray, fraction: float, height: int, width: int, minimum: float = 2.0) -> np.ndarray:
+    """(K, 4) boxes grown by ``fraction`` of their size plus ``minimum`` px per side, clipped to the image."""
+    grown = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    w = grown[:, 2] - grown[:, 0]
+    h = grown[:, 3] - grown[:, 1]
+    grown[:, 0] -= fraction * w + minimum
+    grown[:, 2] += fraction * w + minimum
+    grown[:, 1] -= fraction * h + minimum
+    grown[:, 3] += fraction * h + minimum
+    grown[:, [0, 2]] = grown[:, [0, 2]].clip(0, width)
+    grown[:, [1, 3]] = grown[:, [1, 3]].clip(0, height)
+    return grown
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece of a bool mask."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    largest: np.ndarray = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return largest
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every hole filled (its outer contours, filled)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool)
+
+
+def tight_box(mask: np.ndarray) -> np.ndarray | None:
+    """The bounding box of a bool mask (x0, y0, x1, y1, exclusive ends), None when it is empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
-from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
-from torchvision.ops import batched_nms
+from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.automatic import Decoder, Region, candidate_regions, find_structures, profile_name, select
 from samie_node.engine.device import inference_context
 from samie_node.engine.masks import MaskSet
-from samie_node.engine.proposals import BoxProposals
+from samie_node.engine.structures import segmentation_input
 
 #: The logit offset of SAM's stability score: IoU of the masks thresholded at -1 and +1.
 STABILITY_OFFSET = 1.0
@@ -162,12 +162,6 @@ def min_max_stretch(image: np.ndarray) -> np.ndarray:
     return stretched
 
 
-def _border_fraction(masks: torch.Tensor) -> torch.Tensor:
-    """Fraction of the image's edge pixels that each of (N, H, W) masks covers."""
-    edges = torch.cat([masks[:, 0, :], masks[:, -1, :], masks[:, :, 0], masks[:, :, -1]], dim=1)
-    return edges.float().mean(dim=1)
-
-
 class SamSegmenter:
     """A Segment Anything model (SAM or LiteMedSAM) held once, on one device, for many images.
 
@@ -182,10 +176,9 @@ class SamSegmenter:
     placement
         Device, precision and batch sizes (small batches are fastest on a CPU: README, "Measured here").
     lite
-        LiteMedSAM: min-max stretch each image and use box proposals in automatic mode; otherwise SAM's
-        own normalisation and ``SamAutomaticMaskGenerator``'s point grid.
-    proposals
-        The box proposals and background filter of LiteMedSAM's automatic mode.
+        LiteMedSAM: min-max stretch each image and use box proposals and the structure filter in
+        automatic mode (:mod:`samie_node.engine.automatic`); otherwise SAM's own normalisation and
+        ``SamAutomaticMaskGenerator``'s point grid.
     runtime
         Runs the encoder and the box decoder instead of the torch modules (LiteMedSAM on a CPU: OpenVINO,
         attached by :func:`samie_node.engine.runtime_openvino.accelerate`); None: the torch modules.
@@ -199,7 +192,6 @@ class SamSegmenter:
         placement: Placement,
         *,
         lite: bool,
-        proposals: BoxProposals | None = None,
         runtime: SamRuntime | None = None,
     ) -> None:
         self.model = model
@@ -211,7 +203,6 @@ class SamSegmenter:
         self.lite = lite
         self.encoder_batch_size = max(1, placement.encoder_batch_size)
         self.decoder_batch_size = max(1, placement.decoder_batch_size)
-        self.proposals = proposals or BoxProposals(max_area_fraction=settings.max_mask_fraction)
         self.predictor = _EmbeddedPredictor(model)
         self.runtime = runtime
         self.box_decoder = BoxDecoder(model)
@@ -305,38 +296,27 @@ class SamSegmenter:
             stability_score=stabilities.cpu().numpy().astype(np.float32),
         )
 
-    def _segment_proposals(self, image: np.ndarray, embedding: ImageEmbedding) -> MaskSet:
-        """LiteMedSAM's automatic mode: proposed boxes, SAM-style filtering, background removed.
+    def _segment_proposals(self, image: np.ndarray, embedding: ImageEmbedding, modality: str) -> MaskSet:
+        """LiteMedSAM's automatic mode: proposed boxes, re-prompted tight, only structures kept."""
+        profile = self.settings.profiles[profile_name(self.settings.profiles, modality, image)]
+        return find_structures(image, self._numpy_decoder(embedding), profile, self.settings.max_masks)
 
-        A second round that re-prompts each mask's own bounding box was tried and dropped: it doubled
-        the decoder time and changed no result on the phantoms and real images measured.
-        """
-        height, width = embedding.original_size
-        proposals = self.proposals
-        boxes = proposals.boxes(image)
-        if len(boxes) == 0:
-            return MaskSet.empty(height, width)
-        masks, ious, stabilities = self._decode_all(embedding, boxes)
-        area = masks.flatten(1).sum(1)
-        keep = (
-            (ious >= self.settings.pred_iou_thresh)
-            & (stabilities >= self.settings.stability_score_thresh)
-            & (area >= max(1, self.settings.min_region_area))
-            & (area <= proposals.max_area_fraction * height * width)
-            & (_border_fraction(masks) <= proposals.max_border_fraction)
-        )
-        masks, ious, stabilities = masks[keep], ious[keep], stabilities[keep]
-        if masks.shape[0] == 0:
-            return MaskSet.empty(height, width)
-        chosen = batched_nms(
-            batched_mask_to_box(masks).float(), ious, torch.zeros_like(ious), iou_threshold=proposals.nms_iou
-        )[: self.settings.max_masks]
-        cleaned = [self._clean(mask) for mask in masks[chosen].cpu().numpy()]
-        return MaskSet(
-            masks=np.stack(cleaned),
-            predicted_iou=ious[chosen].cpu().numpy().astype(np.float32),
-            stability_score=stabilities[chosen].cpu().numpy().astype(np.float32),
-        )
+    def explain(self, image: np.ndarray, modality: str = "") -> tuple[str, list[Region]]:
+        """The automatic mode's profile for ``image`` and every candidate mask with its measurements and
+        whether it was kept (``bench/quality.py`` reports them)."""
+        name = profile_name(self.settings.profiles, modality, image)
+        profile = self.settings.profiles[name]
+        embedding = self.embed([segmentation_input(image)])[0]
+        regions = candidate_regions(image, self._numpy_decoder(embedding), profile)
+        select(regions, profile, self.settings.max_masks)
+        return name, regions
+
+    def _numpy_decoder(self, embedding: ImageEmbedding) -> Decoder:
+        def decode(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            masks, ious, stabilities = self._decode_all(embedding, boxes)
+            return masks.cpu().numpy(), ious.cpu().numpy(), stabilities.cpu().numpy()
+
+        return decode
 
     def _decode_all(
         self, embedding: ImageEmbedding, boxes: np.ndarray
@@ -397,7 +377,12 @@ class SamSegmenter:
             box = box * np.array([width, height, width, height], np.float32)
         return box.reshape(1, 4)
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray | None] | None = None,
+        modalities: Sequence[str] | None = None,
+    ) -> list[MaskSet]:
         """Segment each image; one :class:`MaskSet` per image, in order.
 
         Parameters
@@ -408,16 +393,27 @@ class SamSegmenter:
             Per image, a (K, 4) array of x0, y0, x1, y1 box prompts in pixels (one mask per box, in
             order, unfiltered), or None for the configured mode: ``auto`` finds masks by itself,
             ``box`` uses :meth:`configured_box`.
+        modalities
+            Per image, the DICOM Modality: it chooses the structure profile of LiteMedSAM's automatic
+            mode (``segmenter.profiles``); empty or None: the image decides.
 
         Raises
         ------
         ValueError
-            If an image is not (H, W, 3) uint8 or ``boxes`` does not match ``images``.
+            If an image is not (H, W, 3) uint8 or ``boxes`` or ``modalities`` does not match ``images``.
         """
-        if boxes is not None and len(boxes) != len(images):
-            raise ValueError(f"{len(boxes)} box arrays for {len(images)} images")
+        count = len(images)
+        if boxes is not None and len(boxes) != count:
+            raise ValueError(f"{len(boxes)} box arrays for {count} images")
+        if modalities is not None and len(modalities) != count:
+            raise ValueError(f"{len(modalities)} modalities for {count} images")
+        _check_images(images)
+        automatic = [
+            self.lite and self.settings.mode == "auto" and (boxes is None or boxes[i] is None) for i in range(count)
+        ]
+        encoded = [segmentation_input(image) if auto else image for image, auto in zip(images, automatic, strict=True)]
         results: list[MaskSet] = []
-        for index, embedding in enumerate(self.embed(images)):
+        for index, embedding in enumerate(self.embed(encoded)):
             height, width = embedding.original_size
             image_boxes = boxes[index] if boxes is not None else None
             if image_boxes is None and self.settings.mode == "box":
@@ -426,7 +422,8 @@ class SamSegmenter:
                 box_array = np.asarray(image_boxes, np.float32).reshape(-1, 4)
                 results.append(self._segment_boxes(embedding, box_array))
             elif self.lite:
-                results.append(self._segment_proposals(images[index], embedding))
+                modality = modalities[index] if modalities is not None else ""
+                results.append(self._segment_proposals(images[index], embedding, modality))
             else:
                 results.append(self._segment_points(images[index], embedding))
         return results

@@ -1,0 +1,172 @@
+"""Quality of the automatic regions: generated images of every kind, and pydicom's real images.
+
+Run from the repository root::
+
+    .venv/bin/python bench/quality.py [--tune-seed 1] [--report-seed 2] [--per-kind 12] [--negatives 2]
+                                      [--controls 6] [--sheet docs/automatic-regions.png] [--json PATH]
+                                      [--skip-phantoms]
+
+The structure profiles (``segmenter.profiles``) were tuned on the phantoms of ``--tune-seed``; the figures
+that count are those of ``--report-seed``, a set the defaults never saw. Per seed and kind of image
+(breast-ultrasound-like masses bright and dark, pigmented skin lesions with hair, optic discs on fundus-like
+photographs, CT and MR structures, and noise-only controls) it prints:
+
+- Dice of the kept regions (their union against the lesions' union, images with a lesion);
+- the box-mode ceiling: the same model prompted with each true lesion's own bounding box, so the gap
+  between the two columns is what the automatic mode loses by finding the boxes itself;
+- lesion recall (a lesion is found when a kept region overlaps it with IoU >= 0.5), the share of kept
+  pixels outside every lesion, and how many lesion-free images got any region.
+
+Then every image bundled with pydicom (read from the installed package, never downloaded; the first frame
+of multi-frame ones): its modality, the profile chosen, and each kept region's area and measurements.
+``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the report seed
+and the real images. The node's engine runs as the node runs it (OpenVINO when it loads, else torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pydicom
+import pydicom.data
+
+from samie_node.config import Settings
+from samie_node.encode.templates import load_templates
+from samie_node.engine.models import load_models
+from samie_node.engine.prepare import prepare_dataset
+from samie_node.engine.sam import SamSegmenter
+from samie_node.testing.phantoms import Phantom, benchmark_set
+from samie_node.testing.quality import KIND_MODALITY, score_set, summarise
+
+
+def _real_images() -> list[tuple[str, str, np.ndarray]]:
+    """(name, modality, first frame) of every pydicom test image that decodes, distinct pixels."""
+    root = os.path.dirname(pydicom.data.__file__)
+    seen: set[bytes] = set()
+    found = []
+    for path in sorted(glob.glob(root + "/**/*.dcm", recursive=True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                dataset = pydicom.dcmread(path)
+                frame = prepare_dataset(dataset, max_pixels=10**8)[0]
+            except Exception:
+                continue
+        key = hashlib.sha1(frame.image.tobytes() + str(frame.image.shape).encode()).digest()
+        if min(frame.image.shape[:2]) < 32 or key in seen:
+            continue
+        seen.add(key)
+        found.append((Path(path).stem, frame.modality, frame.image))
+    return found
+
+
+def _tile(image: np.ndarray, truth: list[np.ndarray], regions: list[np.ndarray], label: str) -> np.ndarray:
+    picture = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 200))
+    segments = load_templates().segments
+    for mask in truth:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(picture, contours, -1, (0, 255, 0), thickness)
+    for number, mask in enumerate(regions, start=1):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(picture, contours, -1, segments.colour(number), thickness)
+    tile = cv2.resize(picture, (200, 200), interpolation=cv2.INTER_AREA)
+    cv2.putText(tile, label[:28], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 0), 1)
+    return np.asarray(tile)
+
+
+def _phantom_table(segmenter: SamSegmenter, phantoms: list[Phantom], seed: int) -> list[dict[str, Any]]:
+    auto = summarise(score_set(segmenter, phantoms))
+    boxed = {s.kind: s for s in summarise(score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True))}
+    rows = []
+    print(f"\nseed {seed}: {len(phantoms)} images")
+    header = ("kind", "images", "lesions", "Dice", "box Dice", "recall", "FP share", "neg.")
+    print("{:14} {:>6} {:>7} {:>6} {:>8} {:>6} {:>8} {:>5}".format(*header))
+    for s in auto:
+        ceiling = boxed[s.kind].mean_dice if s.kind in boxed else float("nan")
+        negatives = f"{s.negatives_with_region}/{s.negatives}"
+        print(
+            f"{s.kind:14} {s.images:6d} {s.lesions:7d} {s.mean_dice:6.3f} {ceiling:8.3f} {s.recall:6.2f}"
+            f" {s.false_positive_share:8.3f} {negatives:>5}"
+        )
+        rows.append({**s.__dict__, "box_dice": ceiling, "seed": seed})
+    return rows
+
+
+def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    print("\npydicom's images (automatic mode, the modality's profile)")
+    print(f"{'image':28} {'mod.':4} {'profile':7} {'size':>9} {'s':>5}  regions: area %, contrast, edge_local, z, IoU")
+    rows, tiles = [], []
+    for name, modality, image in _real_images():
+        started = time.perf_counter()
+        profile, regions = segmenter.explain(image, modality)
+        seconds = time.perf_counter() - started
+        kept = [r for r in regions if r.kept]
+        described = [
+            f"{100 * float(r.mask.mean()):.1f} {r.features['contrast']:.1f} {r.features['edge_local']:.1f}"
+            f" {r.features['z']:.0f} {r.pred_iou:.2f}"
+            for r in kept
+        ]
+        size = f"{image.shape[1]}x{image.shape[0]}"
+        print(f"{name[:28]:28} {modality[:4]:4} {profile:7} {size:>9} {seconds:5.2f}  {'; '.join(described) or '-'}")
+        rows.append({"image": name, "modality": modality, "profile": profile, "regions": described})
+        tiles.append(_tile(image, [], [r.mask for r in kept], f"{name} {modality} {len(kept)}"))
+    return rows, tiles
+
+
+def _sheet(tiles: list[np.ndarray], path: Path, columns: int = 8) -> None:
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    picture = np.vstack([np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    print(f"\ncontact sheet: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tune-seed", type=int, default=1)
+    parser.add_argument("--report-seed", type=int, default=2)
+    parser.add_argument("--per-kind", type=int, default=12)
+    parser.add_argument("--negatives", type=int, default=2)
+    parser.add_argument("--controls", type=int, default=6)
+    parser.add_argument("--sheet", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--skip-phantoms", action="store_true", help="only pydicom's images")
+    args = parser.parse_args()
+    segmenter = load_models(Settings()).segmenter
+    if not isinstance(segmenter, SamSegmenter):
+        raise SystemExit("the embedded LiteMedSAM is needed")
+    runtime = segmenter.runtime.name if segmenter.runtime is not None else "torch"
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; engine: LiteMedSAM, {runtime}"
+    )
+    report: dict[str, Any] = {"phantoms": [], "real": []}
+    tiles: list[np.ndarray] = []
+    for seed in () if args.skip_phantoms else (args.tune_seed, args.report_seed):
+        phantoms = benchmark_set(seed, args.per_kind, args.negatives, args.controls)
+        report["phantoms"] += _phantom_table(segmenter, phantoms, seed)
+        if seed == args.report_seed and args.sheet:
+            for item in phantoms[:: max(1, len(phantoms) // 24)][:24]:
+                masks = list(segmenter.segment([item.image], modalities=[KIND_MODALITY[item.kind]])[0].masks)
+                tiles.append(_tile(item.image, item.lesions, masks, f"{item.kind} seed {seed}"))
+    report["real"], real_tiles = _real_table(segmenter)
+    if args.sheet:
+        _sheet(tiles + real_tiles, args.sheet)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

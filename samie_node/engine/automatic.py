@@ -1,0 +1,148 @@
+"""LiteMedSAM's automatic mode: propose boxes, decode them, re-prompt tight, keep only structures.
+
+1. :func:`samie_node.engine.proposals.propose` gives up to seven boxes around regions of the image.
+2. Each box, grown by 8 %, is decoded; LiteMedSAM segments much better from a box that is tight around
+   an object, so each mask's own bounding box is decoded again, and both masks stay candidates.
+3. Every candidate mask (largest piece, holes filled) is measured against its surroundings and its
+   border (:mod:`samie_node.engine.structures`) and kept only when it passes the modality's
+   :class:`samie_node.config.StructureProfile`.
+4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
+
+The profile is chosen by the DICOM Modality; for a modality that says nothing about the picture (OT, or
+none) the image decides: colour -> the photograph profile, speckle -> ultrasound, else the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from samie_node.config import StructureProfile
+from samie_node.engine.masks import MaskSet
+from samie_node.engine.proposals import box_iou, fill_holes, grow, largest_component, propose, tight_box
+from samie_node.engine.structures import (
+    SPECKLE_INDEX,
+    Maps,
+    image_maps,
+    is_grey,
+    noise_index,
+    passes,
+    structure_features,
+    structure_score,
+)
+
+#: Decodes (K, 4) boxes in image pixels to (masks (K, H, W) bool, predicted IoU (K,), stability (K,)).
+Decoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+#: Box margins (fraction of the box size) of the first and the tight decode.
+PAD = 0.08
+TIGHT_PAD = 0.08
+#: A tight box this close to its first box would give the same mask again: not decoded.
+REPROMPT_SKIP_IOU = 0.9
+#: Overlap resolution between kept masks.
+MASK_NMS = 0.5
+CONTAINED = 0.8
+
+#: DICOM Modality -> profile name, for modalities whose profile is not named after themselves.
+MODALITY_PROFILES = {"IVUS": "US", "ES": "XC", "SM": "XC", "GM": "XC"}
+
+
+def profile_name(profiles: Mapping[str, StructureProfile], modality: str, image: np.ndarray) -> str:
+    """The profile for ``modality`` (see the module notes); ``"default"`` when nothing more fits."""
+    name = (modality or "").upper()
+    name = MODALITY_PROFILES.get(name, name)
+    colour = not is_grey(image)
+    if name in profiles and not (name == "XC" and not colour):
+        return name
+    if name and name not in ("OT", "XC", "SC"):
+        return "default"
+    if colour:
+        return "XC" if "XC" in profiles else "default"
+    if noise_index(image) >= SPECKLE_INDEX and "US" in profiles:
+        return "US"
+    return "default"
+
+
+@dataclass
+class Region:
+    """One decoded candidate mask with its measurements."""
+
+    mask: np.ndarray
+    pred_iou: float
+    stability: float
+    features: dict[str, float]
+    score: float
+    kept: bool = False
+
+
+def _decoded_regions(
+    image_size: tuple[int, int], maps: Maps, boxes: np.ndarray, decode: Decoder, profile: StructureProfile
+) -> list[Region]:
+    height, width = image_size
+    boxes = grow(boxes, PAD, height, width)
+    masks, ious, stabilities = decode(boxes)
+    entries = list(zip(masks, ious, stabilities, strict=True))
+    tight: list[np.ndarray] = []
+    for index, mask in enumerate(masks):
+        main = largest_component(mask)
+        box = tight_box(main)
+        if box is None or main.sum() > profile.max_area_fraction * height * width:
+            continue
+        box = grow(box, TIGHT_PAD, height, width, minimum=1.0)[0]
+        if box_iou(box, boxes[index]) < REPROMPT_SKIP_IOU:
+            tight.append(box)
+    if tight:
+        entries += list(zip(*decode(np.stack(tight)), strict=True))
+    regions = []
+    for mask, iou, stability in entries:
+        cleaned = fill_holes(largest_component(mask))
+        features = structure_features(maps.to_work(cleaned), maps) or {}
+        score = structure_score(features) if features else 0.0
+        regions.append(Region(cleaned, float(iou), float(stability), features, score))
+    return regions
+
+
+def _overlaps(region: Region, other: Region) -> bool:
+    area, other_area = int(region.mask.sum()), int(other.mask.sum())
+    inter = int(np.logical_and(region.mask, other.mask).sum())
+    union = area + other_area - inter
+    return (
+        inter / max(1, union) > MASK_NMS or inter / max(1, area) > CONTAINED or inter / max(1, other_area) > CONTAINED
+    )
+
+
+def select(regions: list[Region], profile: StructureProfile, max_regions: int) -> list[Region]:
+    """The structure filter, then overlap resolution; marks ``kept`` and returns the kept, best first."""
+    for region in regions:
+        region.kept = passes(region.features, profile, region.pred_iou, region.stability)
+    kept: list[Region] = []
+    for region in sorted((r for r in regions if r.kept), key=lambda r: -r.score):
+        if any(_overlaps(region, other) for other in kept) or len(kept) == max_regions:
+            region.kept = False
+            continue
+        kept.append(region)
+    return kept
+
+
+def candidate_regions(image: np.ndarray, decode: Decoder, profile: StructureProfile) -> list[Region]:
+    """Every decoded candidate of ``image`` with its features, nothing dropped yet (for benchmarks)."""
+    maps = image_maps(image)
+    candidates = propose(maps, profile)
+    if not candidates:
+        return []
+    height, width = image.shape[:2]
+    return _decoded_regions((height, width), maps, np.stack([c.box for c in candidates]), decode, profile)
+
+
+def find_structures(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> MaskSet:
+    """The structures in ``image``: decoded masks that pass the structure filter, best first."""
+    kept = select(candidate_regions(image, decode, profile), profile, max_regions)
+    if not kept:
+        return MaskSet.empty(*image.shape[:2])
+    return MaskSet(
+        masks=np.stack([r.mask for r in kept]),
+        predicted_iou=np.asarray([r.pred_iou for r in kept], np.float32),
+        stability_score=np.asarray([r.stability for r in kept], np.float32),
+    )

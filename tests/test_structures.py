@@ -1,0 +1,118 @@
+"""Automatic regions are structures: the structure filter, its per-modality profiles, and LiteMedSAM's
+automatic mode on generated images of every kind (a seed the defaults were not tuned on) and on pydicom's
+real CT.
+
+The thresholds asserted here are below what was measured on this seed (in the comments), so a change
+that makes the mode clearly worse fails; ``bench/quality.py`` reports the full figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_fixtures import litemedsam_segmenter, read_testdata
+
+from samie_node.config import Settings, load_settings
+from samie_node.engine.automatic import profile_name
+from samie_node.engine.prepare import prepare_dataset
+from samie_node.engine.sam import SamSegmenter
+from samie_node.engine.structures import image_maps, passes, structure_features
+from samie_node.testing.phantoms import benchmark_set, noise_only
+from samie_node.testing.quality import score_set, summarise
+from samie_node.testing.synthetic import disc_on_speckle
+
+#: pydicom's CT_small (128 x 128): columns and rows of its structures with sharp borders.
+CT_SMALL_STRUCTURES = {
+    "vertebral body": (44, 6, 78, 46),
+    "spinal canal": (48, 42, 70, 62),
+    "aorta": (84, 0, 112, 24),
+    "vertebral arch": (30, 54, 86, 80),
+}
+
+
+@pytest.fixture(scope="module")
+def lite() -> Iterator[SamSegmenter]:
+    yield litemedsam_segmenter()
+
+
+def test_a_disc_is_a_structure_and_the_background_is_not() -> None:
+    """The filter itself, without a model: the true disc passes, its complement and a band along the
+    image edge (a field of view) do not."""
+    disc = disc_on_speckle(256, rng=np.random.default_rng(5), contrast=3.0)
+    maps = image_maps(disc.image)
+    profile = Settings().segmenter.profiles["US"]
+    inside = structure_features(maps.to_work(disc.mask), maps)
+    outside = structure_features(maps.to_work(~disc.mask), maps)
+    band = np.zeros(disc.mask.shape, bool)
+    band[:, :40] = True
+    edge = structure_features(maps.to_work(band), maps)
+    assert inside is not None and passes(inside, profile)
+    assert inside["contrast"] > 2 * profile.min_contrast
+    assert not passes(outside, profile)
+    assert edge is not None and not passes(edge, profile)
+
+
+def test_the_modality_chooses_the_profile_and_the_image_decides_when_it_says_nothing() -> None:
+    profiles = Settings().segmenter.profiles
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    colour = grey.copy()
+    colour[:, :, 0] = 200
+    speckled = disc_on_speckle(128, rng=np.random.default_rng(1)).image
+    assert profile_name(profiles, "US", grey) == "US"
+    assert profile_name(profiles, "IVUS", grey) == "US"
+    assert profile_name(profiles, "CT", grey) == "CT"
+    assert profile_name(profiles, "PT", grey) == "default"
+    assert profile_name(profiles, "ES", colour) == "XC"
+    assert profile_name(profiles, "OT", colour) == "XC"
+    assert profile_name(profiles, "", speckled) == "US"
+    assert profile_name(profiles, "OT", grey) == "default"
+    assert profile_name(profiles, "XC", grey) == "default"  # a grey "photograph": judged by content
+
+
+def test_a_profile_in_the_file_changes_only_what_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[segmenter.profiles.CT]\nmin_contrast = 3.5\n\n[segmenter.profiles.PT]\nmin_z = 9.0\n")
+    profiles = load_settings(path).segmenter.profiles
+    defaults = Settings().segmenter.profiles
+    assert profiles["CT"].min_contrast == 3.5
+    assert profiles["CT"].min_stability == defaults["CT"].min_stability
+    assert profiles["PT"].min_z == 9.0
+    assert profiles["PT"].min_contrast == Settings().segmenter.profiles["default"].min_contrast
+    assert set(defaults) <= set(profiles)
+
+
+def test_every_kind_is_found_and_noise_keeps_no_region(lite: SamSegmenter) -> None:
+    """Seed 21 (the defaults were tuned on seed 1): three images per kind, one of them lesion-free, and
+    noise-only controls. Measured on this seed: see the comments."""
+    phantoms = benchmark_set(21, per_kind=3, negatives_per_kind=1, controls=0)
+    phantoms += [noise_only(np.random.default_rng(100 + k)) for k in range(4)]
+    summaries = {s.kind: s for s in summarise(score_set(lite, phantoms))}
+    assert set(summaries) == {"us_mass", "skin_lesion", "fundus", "ct_structure", "mr_structure", "noise"}
+    found = sum(s.recall * s.lesions for s in summaries.values())
+    lesions = sum(s.lesions for s in summaries.values())
+    assert found / lesions >= 0.6, summaries
+    for kind in ("fundus", "mr_structure", "skin_lesion"):
+        assert summaries[kind].mean_dice >= 0.6, summaries[kind]
+    assert summaries["noise"].negatives_with_region == 0, summaries["noise"]
+    assert sum(s.negatives_with_region for s in summaries.values()) <= 1, summaries
+
+
+def test_real_ct_regions_lie_on_its_anatomy(lite: SamSegmenter) -> None:
+    """pydicom's CT_small: a thoracic vertebra with its canal and the aorta; before the structure filter
+    the automatic mode kept nothing here."""
+    frame = prepare_dataset(read_testdata("CT_small.dcm"), max_pixels=10**8)[0]
+    result = lite.segment([frame.image], modalities=[frame.modality])[0]
+    assert len(result) >= 1
+    on_anatomy = []
+    for mask in result.masks:
+        rows, cols = np.nonzero(mask)
+        centre = (float(cols.mean()), float(rows.mean()))
+        names = [
+            n for n, (c0, r0, c1, r1) in CT_SMALL_STRUCTURES.items() if c0 <= centre[0] <= c1 and r0 <= centre[1] <= r1
+        ]
+        on_anatomy.append(names)
+        assert mask.mean() < 0.2  # no body outline, no field of view
+    assert all(on_anatomy), on_anatomy
