@@ -53,7 +53,8 @@ class PurgeOutcome:
     reason: PurgeReason
     instances: bool
     results: bool
-    files: int
+    instance_files: int  # received instances removed
+    files: int  # all files removed (instances, results, previews)
     bytes: int
 
 
@@ -267,8 +268,9 @@ def _remove_instance_batch(spool: Spool, study_instance_uid: str, limit: int) ->
                     fsync_folder(folder)
         db.executemany("DELETE FROM instances WHERE sop_instance_uid = ? AND purging = 1", removed)
         db.execute(
-            "UPDATE purges SET files = files + ?, bytes = bytes + ? WHERE study_instance_uid = ?",
-            (len(removed), freed, study_instance_uid),
+            "UPDATE purges SET instance_files = instance_files + ?, files = files + ?, bytes = bytes + ?"
+            " WHERE study_instance_uid = ?",
+            (len(removed), len(removed), freed, study_instance_uid),
         )
     if failure is not None:
         raise SpoolError(f"cannot remove a file of study {study_instance_uid}: {failure.strerror or failure}")
@@ -285,12 +287,12 @@ def _remove_empty_folders(root: Path) -> None:
 def _finish(spool: Spool, study_instance_uid: str, audit: AuditLog) -> PurgeOutcome | None:
     with spool.transaction() as db:
         row = db.execute(
-            "SELECT reason, instances, results, files, bytes FROM purges WHERE study_instance_uid = ?",
+            "SELECT reason, instances, results, instance_files, files, bytes FROM purges WHERE study_instance_uid = ?",
             (study_instance_uid,),
         ).fetchone()
         if row is None:
             return None  # another process finished it
-        outcome = PurgeOutcome(study_instance_uid, row[0], bool(row[1]), bool(row[2]), row[3], row[4])
+        outcome = PurgeOutcome(study_instance_uid, row[0], bool(row[1]), bool(row[2]), row[3], row[4], row[5])
         db.execute(
             "UPDATE studies SET bytes_freed = bytes_freed + ? WHERE study_instance_uid = ?",
             (outcome.bytes, study_instance_uid),
@@ -304,6 +306,7 @@ def _finish(spool: Spool, study_instance_uid: str, audit: AuditLog) -> PurgeOutc
             reason=outcome.reason,
             instances=outcome.instances,
             results=outcome.results,
+            instance_files=outcome.instance_files,
             files=outcome.files,
             bytes=outcome.bytes,
         )

@@ -50,6 +50,7 @@ CREATE TABLE purges (
     instances INTEGER NOT NULL,
     results INTEGER NOT NULL,
     started_at REAL NOT NULL,
+    instance_files INTEGER NOT NULL DEFAULT 0,
     files INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0
 )"""

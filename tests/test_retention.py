@@ -141,6 +141,7 @@ def test_policy_removes_delivered_studies_and_keeps_the_rest_each_for_its_reason
     # The delivered study's instances, results and previews are gone; its row says so.
     outcome = removed[delivered.study_instance_uid]
     assert (outcome.reason, outcome.instances, outcome.results) == ("policy", True, True)
+    assert outcome.instance_files == len(delivered.instance_paths) == 3
     assert outcome.files == len(delivered.instance_paths) + len(delivered.output_paths)
     assert not any(p.exists() for p in delivered.instance_paths + delivered.output_paths)
     assert not (spool.instances_dir / delivered.study_instance_uid).exists()

@@ -210,7 +210,7 @@ def test_kill_9_in_the_middle_of_a_purge_then_restart(tmp_path: Path) -> None:
     status = {s["study_instance_uid"]: s for s in node.status()}
     assert (status[uid]["state"], status[uid]["bytes_freed"]) == ("purged", big_bytes)
     [record] = [r for r in audit_events(data, "study_purged") if r["study_instance_uid"] == uid]
-    assert (record["bytes"], record["files"]) == (big_bytes, 60 + len(big.output_paths))
+    assert (record["bytes"], record["instance_files"], record["files"]) == (big_bytes, 60, 60 + len(big.output_paths))
     assert not files_under(data / "spool" / uid) and not (data / "outbox" / uid).exists()
     for kept in (undelivered, failed):  # nothing undelivered (nor failed and recent) was touched
         assert all(p.exists() for p in kept.instance_paths + kept.output_paths)
