@@ -92,7 +92,7 @@ def test_purge_dry_run_lists_exactly_what_the_real_run_then_removes(tmp_path: Pa
 
     # The operator: one study, whatever its age; what is undelivered stays, and the command says why.
     shown = samie_node("purge", "--config", str(config), "--study", failed.study_instance_uid, "--older-than", "0s")
-    assert shown.returncode == 0 and "1 studies purged (operator)" in shown.stdout and "freed" in shown.stdout
+    assert shown.returncode == 0 and "1 study purged (operator)" in shown.stdout and "freed" in shown.stdout
     refused = purge_json(config, "--study", undelivered.study_instance_uid, "--older-than", "0s")
     assert refused["removed"] == [] and "not delivered" in refused["kept"][0]["kept"]
     assert all(p.exists() for p in undelivered.instance_paths + undelivered.output_paths)

@@ -278,7 +278,8 @@ def _print_purge_report(console: Console, report: PurgeReport, *, verbose: bool)
         else [(o.study_instance_uid, o.reason, parts(o.instances, o.results), o.files, o.bytes) for o in report.removed]
     )
     rows = [row for row in rows if row[2]]
-    table = Table(title=f"{len(rows)} studies {'would be purged (dry run)' if planned else 'purged'} ({report.reason})")
+    studies = f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}"
+    table = Table(title=f"{studies} {'would be purged (dry run)' if planned else 'purged'} ({report.reason})")
     for column in ("Study Instance UID", "state" if planned else "reason", "removes", "files", "MB"):
         table.add_column(column, justify="right" if column in ("files", "MB") else "left")
     for uid, label, what, files, size in rows:
