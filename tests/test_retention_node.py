@@ -23,7 +23,11 @@ from retention_fixtures import (
     seed_study,
     wait_until,
 )
+from web_support import http, running_web_node, scrape, value
 
+from samie_node.audit import AuditLog
+from samie_node.config import Settings
+from samie_node.retention import run_purge
 from samie_node.spool import Spool
 from samie_node.testing.ports import free_port
 from samie_node.testing.sample_studies import ct_series, write_datasets
@@ -215,3 +219,27 @@ def test_kill_9_in_the_middle_of_a_purge_then_restart(tmp_path: Path) -> None:
     for kept in (undelivered, failed):  # nothing undelivered (nor failed and recent) was touched
         assert all(p.exists() for p in kept.instance_paths + kept.output_paths)
         assert status[kept.study_instance_uid]["state"] in ("done", "failed")
+
+
+def test_the_console_and_metrics_account_for_purged_studies(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    clock = Clock(time.time() - 30 * HOUR)
+    spool = Spool(data, fsync=False, clock=clock)
+    purged = seed_study(spool, clock, seed=501, outputs=("sent", "sent"))
+    kept = seed_study(spool, clock, seed=502, outcome="failed")
+    audit = AuditLog(data / "audit.jsonl")
+    report = run_purge(spool, audit, Settings().retention, study_instance_uids=[purged.study_instance_uid])
+    assert [o.study_instance_uid for o in report.removed] == [purged.study_instance_uid]
+    spool.close()
+    with running_web_node(tmp_path) as web:
+        study_page = http("GET", f"{web.url}/studies/{purged.study_instance_uid}").text
+        listed = http("GET", f"{web.url}/studies?state=purged").text
+        overview = http("GET", f"{web.url}/").text
+        samples = scrape(web.url)
+    freed = f"{report.removed[0].bytes / 1e6:.1f} MB freed"
+    assert 'id="study-state">purged<' in study_page and "instances removed by retention" in study_page
+    assert freed in study_page and study_page.count("file removed by retention") == 2
+    assert purged.study_instance_uid in listed and kept.study_instance_uid not in listed
+    assert 'href="/studies?state=purged"' in overview
+    assert value(samples, "samie_studies", state="purged") == 1
+    assert value(samples, "samie_studies", state="failed") == 1
