@@ -128,7 +128,7 @@ def retention_config(minutes: float) -> str:
     keep = minutes * 60
     return (
         f"[retention]\nkeep_delivered = {keep}\nkeep_outbox = {keep}\nkeep_failed = {2 * keep}\n"
-        f"pass_interval = {max(keep / 4, 5.0)}\nemergency_free_bytes = 0\n"
+        f"pass_interval = {max(keep / 4, 5.0)}\nemergency_margin_bytes = 0\n"
     )
 
 

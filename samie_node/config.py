@@ -379,7 +379,7 @@ class RetentionSettings(_Strict):
     keep_delivered: Duration = 3 * 86400.0
     keep_failed: Duration = 14 * 86400.0
     keep_outbox: Duration = 7 * 86400.0
-    emergency_free_bytes: int = Field(default=5 * 1024**3, ge=0)
+    emergency_margin_bytes: int = Field(default=4 * 1024**3, ge=0)
     pass_interval: Duration = 300.0
     max_studies_per_pass: int = Field(default=20, ge=1)
     files_per_batch: int = Field(default=200, ge=1)
@@ -424,16 +424,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (which arrives as init kwargs), except once both are merged.
         return (env_settings, init_settings) if cls._environment_overrides else (init_settings,)
-
-    @model_validator(mode="after")
-    def _emergency_above_floor(self) -> Settings:
-        emergency = self.retention.emergency_free_bytes
-        if emergency and emergency <= self.limits.disk_floor_bytes:
-            # At the floor the node refuses new studies; the emergency clean must start before that.
-            raise ValueError(
-                "retention.emergency_free_bytes must be above limits.disk_floor_bytes (or 0 to turn it off)"
-            )
-        return self
 
     @property
     def outbox_dir(self) -> Path:

@@ -3,9 +3,9 @@
 The policy (``[retention]`` in the settings): a study's received instances stay ``keep_delivered`` after
 its results are all delivered, or ``keep_failed`` when it failed or has dead letters; its results and
 previews stay ``keep_outbox`` after delivery (``keep_failed`` with dead letters). A study's clock starts
-when it settled: when it was processed or its last result was delivered, whichever is later. Below
-``emergency_free_bytes`` of free space the oldest done studies go first, then failed ones, whatever their
-age, until there is that much free again.
+when it settled: when it was processed or its last result was delivered, whichever is later. Below the
+emergency threshold (the disk floor plus ``emergency_margin_bytes`` of free space) the oldest done studies
+go first, then failed ones, whatever their age, until there is that much free again.
 
 Never removed, whatever the policy or the disk says: see :meth:`samie_node.purge.StudyFacts.protection`.
 The removal itself, crash-safe, is :mod:`samie_node.purge`; ``samie-node purge`` and :class:`Cleaner`
@@ -236,8 +236,9 @@ class Cleaner:
     """The node service that applies retention in ``serve`` (its own thread; ``run_once`` in a loop).
 
     Each call checks free space (cheap) and, once per ``pass_interval``, applies the policy to at most
-    ``max_studies_per_pass`` studies; below ``emergency_free_bytes`` it removes the oldest done studies
-    first until there is that much free again. It never runs on the receive path.
+    ``max_studies_per_pass`` studies; below the disk floor plus ``emergency_margin_bytes`` of free space
+    it removes the oldest done studies first until there is that much free again. It never runs on the
+    receive path.
     """
 
     name = "cleaner"
@@ -251,6 +252,9 @@ class Cleaner:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._retention = settings.retention
+        margin = settings.retention.emergency_margin_bytes
+        #: Free bytes below which the emergency clean runs (0: never).
+        self.emergency_free_bytes = settings.limits.disk_floor_bytes + margin if margin else 0
         self._spool = spool
         self._audit = audit
         self._clock = clock
@@ -262,9 +266,9 @@ class Cleaner:
         """One bounded pass when due; True if anything was removed (the loop then goes on at once)."""
         retention = self._retention
         if (
-            retention.emergency_free_bytes
+            self.emergency_free_bytes
             and self._monotonic() >= self._next_emergency
-            and self._spool.free_bytes() < retention.emergency_free_bytes
+            and self._spool.free_bytes() < self.emergency_free_bytes
         ):
             return self._emergency()
         if self._monotonic() < self._next_pass:
@@ -285,13 +289,13 @@ class Cleaner:
         candidates = plan(self._spool, Keep.older_than(0.0), self._clock(), emergency=True)
         removed = 0
         for decision in [d for d in candidates if d.removes][: retention.max_studies_per_pass]:
-            if self._spool.free_bytes() >= retention.emergency_free_bytes:
+            if self._spool.free_bytes() >= self.emergency_free_bytes:
                 break
             if self._remove(decision, "emergency") is not None:
                 removed += 1
         if not removed:
             LOG.warning(
-                "free space %d bytes is below retention.emergency_free_bytes and nothing more can be removed",
+                "free space %d bytes is below the emergency threshold and nothing more can be removed",
                 self._spool.free_bytes(),
             )
             self._next_emergency = self._monotonic() + EMERGENCY_RECHECK_S

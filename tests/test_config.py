@@ -39,7 +39,6 @@ def test_environment_overrides_file_and_flags_override_environment(
         ("[node\n", "cannot read"),
         ('[retention]\nkeep_delivered = "3 days"\n', "retention.keep_delivered"),
         ("[retention]\nkeep_failed = -1\n", "retention.keep_failed"),
-        ("[limits]\ndisk_floor_bytes = 6000000000\n", "retention.emergency_free_bytes must be above"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
@@ -104,8 +103,6 @@ def test_a_duration_that_is_not_one_is_refused(bad: str) -> None:
 
 def test_retention_durations_in_the_file_are_seconds_in_the_settings(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[retention]\nkeep_delivered = "12h"\nkeep_outbox = 600\nemergency_free_bytes = 0\n')
+    config.write_text('[retention]\nkeep_delivered = "12h"\nkeep_outbox = 600\n')
     retention = load_settings(config).retention
-    assert (retention.keep_delivered, retention.keep_outbox, retention.emergency_free_bytes) == (43200.0, 600.0, 0)
-    # With the emergency clean off, any floor is accepted.
-    assert load_settings(config, {"limits": {"disk_floor_bytes": 10**12}}).limits.disk_floor_bytes == 10**12
+    assert (retention.keep_delivered, retention.keep_outbox) == (43200.0, 600.0)

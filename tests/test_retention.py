@@ -27,6 +27,7 @@ from samie_node.config import RetentionSettings, Settings
 from samie_node.errors import SpoolError
 from samie_node.purge import begin, finish_interrupted, lease, resume
 from samie_node.records import SCHEMA_VERSION, OutputState, PurgeReason, StudyState
+from samie_node.reprocess import reprocess
 from samie_node.retention import Cleaner, run_purge
 from samie_node.spool import Spool
 from samie_node.testing.sample_studies import PATIENT_ID, PATIENT_NAME
@@ -193,6 +194,9 @@ def test_a_late_instance_reopens_a_purged_study(spool: Spool, clock: Clock, audi
     study = seed_study(spool, clock, seed=21)
     clock.now += 3 * HOUR
     assert len(run_purge(spool, audit, POLICY, clock=clock).removed) == 1
+    # Re-processing has nothing to work on: it says so and leaves the study as it is.
+    [(_, why)] = reprocess(spool, [study.study_instance_uid]).skipped
+    assert why.startswith("purged:") and not spool.requeue_study(study.study_instance_uid)
     incoming, data = ct_bytes(3, 64, seed=21)[0]  # the same study's first slice, sent again
     path = spool.store(incoming, data)
     reopened = spool.study(study.study_instance_uid)
@@ -316,7 +320,7 @@ def test_emergency_removes_the_oldest_done_studies_first_then_failed_ones(tmp_pa
         done.append(seed_study(spool, clock, seed=seed))
     size = failed.instance_bytes
     settings = Settings(
-        retention={"emergency_free_bytes": 3 * size, "batch_pause_s": 0}, limits={"disk_floor_bytes": 0}
+        retention={"emergency_margin_bytes": 3 * size, "batch_pause_s": 0}, limits={"disk_floor_bytes": 0}
     )
     spool.capacity = spool.used() + int(1.2 * size)  # 1.2 studies free: below the threshold
     assert spool.free_bytes() < 3 * size

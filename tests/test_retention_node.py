@@ -139,7 +139,7 @@ def test_emergency_on_a_small_file_system_keeps_the_node_accepting(tmp_path: Pat
             limits={"disk_floor_bytes": floor},
             study={"quiet_period_s": 3600.0},
             send={"max_attempts": 1000},
-            retention={"emergency_free_bytes": emergency, "batch_pause_s": 0.0},
+            retention={"emergency_margin_bytes": emergency - floor, "batch_pause_s": 0.0},
         )
         node = NodeProcess(data, port, config, tmp_path / "node.log").start()
         try:
