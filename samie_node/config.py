@@ -296,6 +296,7 @@ class OutputSettings(_Strict):
     sr: bool = True
     keep_empty_frames: bool = True
     max_overlays: int = Field(default=8, ge=1, le=1000)
+    max_segments: int = Field(default=20, ge=1, le=100)
     manufacturer: str = "samie-node"
     series_number_seg: int = 9901
     series_number_sr: int = 9902

@@ -80,12 +80,19 @@ def check_outputs(result: StudyResult, folder: Path, sources: list[Path]) -> dic
                 ).get("NumberOfFrames", 1)
                 or 1
             )
+            numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
             for frame in range(1, frames + 1):
                 if frames > 1:
-                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=[1])[0, ..., 0]
+                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=numbers)[0]
                 else:
-                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=[1])[0, ..., 0]
-                assert np.array_equal(read.astype(bool), result.mask(sop_uid, frame)), (sop_uid, frame)
+                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=numbers)[0]
+                # segment by segment, each region's mask; together, the union SAM-IE enhanced with
+                assert np.array_equal(read.astype(bool).any(axis=-1), result.mask(sop_uid, frame)), (sop_uid, frame)
+                if not result.regions[str(seg.SOPInstanceUID)]:
+                    continue  # an empty result: one empty "No region" segment
+                for plane, number in enumerate(numbers):
+                    expected = result.segment_mask(str(seg.SOPInstanceUID), number, sop_uid, frame)
+                    assert np.array_equal(read[..., plane].astype(bool), expected), (sop_uid, frame, number)
     [sr_path] = written["SR"]
     sr = hd.sr.srread(sr_path)
     assert str(sr.StudyInstanceUID) == result.study_instance_uid
@@ -114,8 +121,8 @@ def test_ct_series_seg_and_sr(
     written = check_outputs(result, tmp_path / "out", paths)
     assert len(written["SEG"]) == 1 and len(written["SR"]) == 1
     seg = hd.seg.segread(written["SEG"][0])
-    assert int(seg.NumberOfFrames) == 4  # empty frames kept
-    assert seg.SegmentSequence[0].SegmentLabel == "SAM region"
+    assert int(seg.NumberOfFrames) == 4 * len(seg.SegmentSequence)  # empty frames kept, for every segment
+    assert seg.SegmentSequence[0].SegmentLabel == "Region 1"
     assert "RecommendedDisplayCIELabValue" in seg.SegmentSequence[0]
     assert result.summary.classification is None
     # The bright sphere is found on the middle slices.
@@ -241,3 +248,39 @@ def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
     numbers = [int(o.dataset.InstanceNumber) for o in result.outputs if o.kind == "SC"]
     assert len(numbers) >= 2, "the sphere shows on several slices"
     assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_the_class_is_written_where_the_viewer_shows_it(templates: Templates, tmp_path: Path) -> None:
+    """With a classifier, each region's group opens with the class probability of its key image (the first
+    line OHIF draws beside the outline), the SEG's series description names the study's class, and the
+    classification group says how the per-image probabilities were combined."""
+    from test_classify import _saved
+
+    checkpoint, _ = _saved(tmp_path)
+    settings = load_settings(None, {"engine": {"device": "cpu"}, "classifier": {"checkpoint": str(checkpoint)}})
+    models = LocalEngine(load_models(settings), settings)
+    dataset, _ = ultrasound_image()
+    [path] = write_datasets([dataset], tmp_path / "us")
+    result = process_study([path], models, templates, settings)
+    written = check_outputs(result, tmp_path / "out", [path])
+    classification = result.summary.classification
+    assert classification is not None and classification.label in ("benign", "malignant")
+    meaning = {"benign": "Benign finding", "malignant": "Malignant finding"}[classification.label]
+    seg = pydicom.dcmread(written["SEG"][0])
+    assert seg.SeriesDescription == f"SAM-IE segmentation - {meaning} {classification.probability:.0%}"
+    sr = hd.sr.srread(written["SR"][0])
+    groups = sr.ContentSequence[-1].ContentSequence  # Imaging Measurements
+    first = next(g for g in groups if any(i.ValueType == "NUM" for i in g.ContentSequence))
+    number = next(i for i in first.ContentSequence if i.ValueType == "NUM")
+    assert number.ConceptNameCodeSequence[0].CodeMeaning.startswith("Probability of ")
+    assert number.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert 50.0 <= float(number.MeasuredValueSequence[0].NumericValue) <= 100.0
+    methods = [
+        item.ConceptCodeSequence[0].CodeMeaning
+        for group in groups
+        for num in group.ContentSequence
+        if num.ValueType == "NUM"
+        for item in num.get("ContentSequence", [])
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"
+    ]
+    assert methods == ["Mean of the per-image probabilities"] * 2

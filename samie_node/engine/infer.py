@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -38,25 +37,86 @@ FrameKey = tuple[str, int]  # (SOP Instance UID, 1-based frame number)
 
 @dataclass(frozen=True)
 class FrameResult:
-    """What the engine found in one source frame."""
+    """What the engine found in one source frame: each kept region's mask, bit-packed, and its statistics.
+
+    Attributes
+    ----------
+    shape
+        (rows, columns) of the frame.
+    packed_masks
+        (regions, bytes) uint8: each region's mask, ``np.packbits`` of the flattened (rows, columns) mask.
+    region_areas
+        Pixels in each region.
+    region_means
+        Mean modality value in each region (Hounsfield units on CT); NaN for colour images.
+    value_unit
+        UCUM unit of ``region_means``; empty for colour images.
+    area_pixels
+        Pixels covered by any region (the SAM-IE binary mask).
+    pixel_spacing
+        (row, column) mm, None when the source gives none.
+    probabilities
+        The classifier's class probabilities for the frame (its enhanced image), None without one.
+    """
 
     sop_instance_uid: str
     frame_number: int
     shape: tuple[int, int]
-    packed_mask: np.ndarray
-    regions: int
+    packed_masks: np.ndarray
+    region_areas: tuple[int, ...]
+    region_means: tuple[float, ...]
+    value_unit: str
     area_pixels: int
     pixel_spacing: tuple[float, float] | None
+    probabilities: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, frame: PreparedFrame, masks: np.ndarray, probabilities: np.ndarray | None = None) -> FrameResult:
+        """The result for ``frame`` from its kept (regions, rows, columns) bool masks and, with a classifier,
+        its class probabilities."""
+        rows, columns = frame.image.shape[:2]
+        areas = tuple(int(mask.sum()) for mask in masks)
+        if frame.values is not None:
+            means = tuple(
+                float(frame.values[mask].mean()) if area else float("nan")
+                for mask, area in zip(masks, areas, strict=True)
+            )
+        else:
+            means = tuple(float("nan") for _ in areas)
+        return cls(
+            frame.sop_instance_uid,
+            frame.frame_number,
+            (rows, columns),
+            np.packbits(masks.reshape(len(masks), -1), axis=1) if len(masks) else np.zeros((0, 0), np.uint8),
+            areas,
+            means,
+            frame.value_unit,
+            int(np.any(masks, axis=0).sum()) if len(masks) else 0,
+            frame.pixel_spacing,
+            None if probabilities is None else tuple(float(p) for p in probabilities),
+        )
 
     @property
     def key(self) -> FrameKey:
         """(SOP Instance UID, frame number), as SEG and SR reference the frame."""
         return (self.sop_instance_uid, self.frame_number)
 
-    def mask(self) -> np.ndarray:
-        """The (rows, columns) bool union of the frame's regions."""
+    @property
+    def regions(self) -> int:
+        """How many regions the engine kept in this frame."""
+        return len(self.region_areas)
+
+    def region_mask(self, index: int) -> np.ndarray:
+        """The (rows, columns) bool mask of region ``index`` (0-based)."""
         rows, columns = self.shape
-        return np.unpackbits(self.packed_mask, count=rows * columns).reshape(rows, columns).astype(bool)
+        return np.unpackbits(self.packed_masks[index], count=rows * columns).reshape(rows, columns).astype(bool)
+
+    def mask(self) -> np.ndarray:
+        """The (rows, columns) bool union of the frame's regions (what SAM-IE enhances with)."""
+        union = np.zeros(self.shape, bool)
+        for index in range(self.regions):
+            union |= self.region_mask(index)
+        return union
 
 
 @dataclass
@@ -79,14 +139,6 @@ class Inference:
     probabilities: np.ndarray | None
     usable: list[Dataset]
     skipped: Counter[str]
-
-
-def count_regions(mask: np.ndarray) -> int:
-    """Connected regions (8-connected) of a boolean mask."""
-    if not mask.any():
-        return 0
-    count, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return int(count) - 1
 
 
 @dataclass(frozen=True)
@@ -165,20 +217,10 @@ def _run_batch(
     if models.classifier is not None:
         with timer.stage("classify"):
             probabilities = models.classifier.predict(images, [e.image for e in enhanced])
-    results = []
-    for frame, result in zip(batch, enhanced, strict=True):
-        mask = result.binary_mask
-        results.append(
-            FrameResult(
-                frame.sop_instance_uid,
-                frame.frame_number,
-                (int(mask.shape[0]), int(mask.shape[1])),
-                np.packbits(mask, axis=None),
-                count_regions(mask),
-                int(mask.sum()),
-                frame.pixel_spacing,
-            )
-        )
+    rows = [None] * len(batch) if probabilities is None else list(probabilities)
+    results = [
+        FrameResult.of(frame, masks.masks, row) for frame, masks, row in zip(batch, mask_sets, rows, strict=True)
+    ]
     return results, probabilities
 
 

@@ -35,6 +35,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from samie_node.errors import UnsupportedImageError
 
+#: UCUM's Hounsfield unit, the unit of CT modality values.
+HOUNSFIELD_UNIT = "[hnsf'U]"
+
 #: The percentiles of the fallback window: wide enough for the anatomy, deaf to a few extreme pixels.
 FALLBACK_PERCENTILES = (0.5, 99.5)
 
@@ -57,12 +60,19 @@ class PreparedFrame:
     pixel_spacing
         (row, column) spacing in mm from Pixel Spacing (top level or the pixel measures functional
         group), None when the file does not give one.
+    values
+        (rows, columns) modality values of a grayscale frame (Hounsfield units on CT), for region
+        statistics; None for colour images, where a mean value would mean nothing.
+    value_unit
+        The UCUM unit of ``values``.
     """
 
     image: np.ndarray
     sop_instance_uid: str
     frame_number: int
     pixel_spacing: tuple[float, float] | None
+    values: np.ndarray | None = None
+    value_unit: str = ""
 
 
 def _int_attribute(dataset: Dataset, keyword: str, default: int | None = None) -> int:
@@ -200,14 +210,25 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
     return display
 
 
-def _grayscale_to_8bit(array: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
-    """Modality then VOI transform of one grayscale frame, to display values in [0, 255]."""
+def modality_values(array: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
+    """The modality transform of one grayscale frame (Hounsfield units on CT), per frame when the
+    functional groups say so."""
     rescale = _functional_group_item(dataset, index, "PixelValueTransformationSequence")
     if rescale is not None and "RescaleSlope" in rescale:
-        values = array.astype(np.float64) * float(rescale.RescaleSlope) + float(rescale.get("RescaleIntercept", 0.0))
-    else:
-        values = np.asarray(apply_modality_lut(array, dataset), dtype=np.float64)
+        return array.astype(np.float64) * float(rescale.RescaleSlope) + float(rescale.get("RescaleIntercept", 0.0))
+    return np.asarray(apply_modality_lut(array, dataset), dtype=np.float64)
 
+
+def value_unit(dataset: Dataset) -> str:
+    """The unit of the modality values as UCUM writes it: ``[hnsf'U]`` on CT, ``{value}`` otherwise."""
+    rescale_type = str(dataset.get("RescaleType", "") or "").upper()
+    if rescale_type == "HU" or (str(dataset.get("Modality", "")) == "CT" and rescale_type in ("", "HU")):
+        return HOUNSFIELD_UNIT
+    return "{value}"
+
+
+def _grayscale_to_8bit(values: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
+    """VOI transform of one frame's modality values, to display values in [0, 255]."""
     frame_voi = _functional_group_item(dataset, index, "FrameVOILUTSequence")
     voi_source = frame_voi if frame_voi is not None and "WindowWidth" in frame_voi else dataset
     if "VOILUTSequence" in dataset and voi_source is dataset:
@@ -291,9 +312,11 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]
         if photometric in _GRAYSCALE or photometric_declared in _GRAYSCALE:
             if array.ndim != 2:
                 raise UnsupportedImageError("grayscale image with more than one sample per pixel")
-            grey = _grayscale_to_8bit(array, dataset, index)
+            values = modality_values(array, dataset, index)
+            grey = _grayscale_to_8bit(values, dataset, index)
             image = np.repeat(grey[:, :, None], 3, axis=2)
         else:
+            values = None
             image = _colour_to_8bit(array, photometric, dataset)
         frames.append(
             PreparedFrame(
@@ -301,6 +324,8 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]
                 sop_instance_uid=sop_instance_uid,
                 frame_number=index + 1,
                 pixel_spacing=pixel_spacing(dataset, index),
+                values=None if values is None else values.astype(np.float32),
+                value_unit="" if values is None else value_unit(dataset),
             )
         )
     if not frames:
