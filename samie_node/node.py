@@ -202,8 +202,3 @@ class Node:
         for callback in self._on_stop:
             callback()
         self.audit.record("node_stopped")
-
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called (from a signal handler or another thread)."""
-        while not self._stop.wait(1.0):
-            pass

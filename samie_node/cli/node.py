@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -69,17 +70,28 @@ def serve(
         from samie_node.runtime import build_node
 
         node = build_node(settings)
+        # Before start: a stop that arrives while the node starts (reconciling, binding) waits for it and
+        # then stops it whole, instead of killing it half-started.
+        stop_signals = _record_stop_signals()
         node.start()
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
+    while not stop_signals:
+        time.sleep(0.2)
+    logging.getLogger("samie_node.cli").info("signal %d: stopping", stop_signals[0])
+    node.stop()
 
-    def _stop(signum: int, _frame: object) -> None:
-        logging.getLogger("samie_node.cli").info("signal %d: stopping", signum)
-        node.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    node.wait()
+def _record_stop_signals() -> list[int]:
+    """SIGTERM and SIGINT from now on only append to the returned list (the handler may run mid-start)."""
+    received: list[int] = []
+
+    def _record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, _record)
+    signal.signal(signal.SIGINT, _record)
+    return received
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
