@@ -402,16 +402,24 @@ class Spool:
         destination: str,
     ) -> None:
         """Queue one result for one destination; re-adding the same UID replaces and re-queues it."""
+        self.add_outputs(study_instance_uid, [(sop_class_uid, sop_instance_uid, path, destination)])
+
+    def add_outputs(self, study_instance_uid: str, outputs: Sequence[tuple[str, str, Path, str]]) -> None:
+        """Queue a study's results (SOP Class UID, SOP Instance UID, path, destination) in one transaction.
+
+        All at once, so the sender never sees part of them: a study's results go in one association (or
+        one STOW-RS request) per destination.
+        """
         now = self._clock()
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO outputs (study_instance_uid, sop_class_uid, sop_instance_uid, path, destination,"
                 " state, attempts, next_attempt_at, last_error, created_at)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, '', ?)"
                 " ON CONFLICT (sop_instance_uid, destination) DO UPDATE SET path = excluded.path,"
                 " sop_class_uid = excluded.sop_class_uid, state = 'pending', attempts = 0,"
                 " next_attempt_at = 0, last_error = '', sent_at = NULL, purging = 0, purged_at = NULL",
-                (study_instance_uid, sop_class_uid, sop_instance_uid, str(path), destination, now),
+                [(study_instance_uid, c, i, str(p), d, now) for c, i, p, d in outputs],
             )
 
     _OUTPUT_COLUMNS = (
