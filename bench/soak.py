@@ -3,6 +3,7 @@
 Run::
 
     .venv/bin/python bench/soak.py [--minutes 10] [--senders 3] [--fault-every 60] [--faults kill,pacs] [--pause 10]
+        [--retention-minutes M]
 
 Studies (a 1-image ultrasound, a 3-slice CT, an RGB photograph, each with fresh UIDs) are sent by
 ``--senders`` threads over pynetdicom associations. Every ``--fault-every`` seconds a fault is injected,
@@ -11,6 +12,12 @@ for 15 s). After the run the node drains (every study processed, every result de
 prints: instances acknowledged, instances indexed, studies processed, results delivered, lost (must be
 0), and the node's memory and open file descriptors at start and end. With ``kill`` faults the end
 figures belong to the last restarted process; use ``--faults pacs`` to watch one process for leaks.
+
+``--retention-minutes M`` turns on the retention mode: the node keeps delivered studies and their results
+M minutes (failed ones 2M) and its cleaner looks every M/4. The data directory's disk use is sampled
+throughout and printed at a third, two thirds and the end of the run, beside what retention freed so far:
+flat disk use with nothing lost is the target. Purged studies count as processed; their instances are
+counted from the audit trail's purge records.
 """
 
 from __future__ import annotations
@@ -114,6 +121,77 @@ class Node:
         return list(json.loads(out.stdout))
 
 
+def retention_config(minutes: float) -> str:
+    """The ``[retention]`` section of the retention mode (none when ``minutes`` is 0)."""
+    if not minutes:
+        return ""
+    keep = minutes * 60
+    return (
+        f"[retention]\nkeep_delivered = {keep}\nkeep_outbox = {keep}\nkeep_failed = {2 * keep}\n"
+        f"pass_interval = {max(keep / 4, 5.0)}\nemergency_margin_bytes = 0\n"
+    )
+
+
+def purge_records(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The audit trail's purge records, the last one per study (a crash may record a purge twice)."""
+    audit = data_dir / "audit.jsonl"
+    if not audit.exists():
+        return {}
+    records = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines() if '"study_purged"' in line]
+    return {r["study_instance_uid"]: r for r in records if r.get("event") == "study_purged"}
+
+
+def bytes_under(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+Sample = tuple[float, int, int, int, int]  # seconds, instances + results, index (+ WAL), audit trail, freed
+
+
+class DiskUse(threading.Thread):
+    """Samples the node's data directory every few seconds: bytes of instances and results (what retention
+    manages), of the index (with its write-ahead log) and of the audit trail, and the bytes retention has
+    freed so far."""
+
+    def __init__(self, data_dir: Path, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.data_dir, self.every = data_dir, every
+        self.started = time.monotonic()
+        self.samples: list[Sample] = []
+        self.halt = threading.Event()
+
+    def sample(self) -> Sample:
+        managed = bytes_under(self.data_dir / "spool") + bytes_under(self.data_dir / "outbox")
+        index = sum(p.stat().st_size for p in self.data_dir.glob("index.sqlite3*"))
+        audit = (self.data_dir / "audit.jsonl").stat().st_size
+        freed = sum(int(r["bytes"]) for r in purge_records(self.data_dir).values())
+        return (time.monotonic() - self.started, managed, index, audit, freed)
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every):
+            try:
+                self.samples.append(self.sample())
+            except OSError:  # a file removed while it was measured: the next sample counts again
+                continue
+
+    def at(self, seconds: float) -> Sample:
+        """The sample nearest to ``seconds`` after the start."""
+        return min(self.samples, key=lambda sample: abs(sample[0] - seconds))
+
+
+def retention_rows(disk: DiskUse, minutes: float, purged: int) -> list[tuple[str, str]]:
+    """The retention mode's rows: disk use at the start, each quarter and the end of the run."""
+    marks = [disk.at(minutes * 60 * quarter / 4) for quarter in range(5)]
+    return [
+        ("sampled at, min", " / ".join(f"{m[0] / 60:.1f}" for m in marks)),
+        ("instances + results on disk, MB", " / ".join(f"{m[1] / 1e6:.2f}" for m in marks)),
+        ("freed by retention so far, MB", " / ".join(f"{m[4] / 1e6:.2f}" for m in marks)),
+        ("index with its WAL, MB", " / ".join(f"{m[2] / 1e6:.2f}" for m in marks)),
+        ("audit trail, MB", " / ".join(f"{m[3] / 1e6:.2f}" for m in marks)),
+        ("studies purged by retention", str(purged)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -128,6 +206,9 @@ def main() -> None:
         "CPU processes, so the run measures a steady state; lower it to build a backlog)",
     )
     parser.add_argument("--drain-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--retention-minutes", type=float, default=0.0, help="retention mode: keep studies this long (0: off)"
+    )
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     console = Console() if sys.stdout.isatty() else Console(width=160)  # whole table in a log
@@ -147,11 +228,15 @@ def main() -> None:
             "[http]\nenabled = false\n"
             "[send]\nbackoff_initial_s = 1.0\nbackoff_max_s = 10.0\nmax_attempts = 1000\n"
             f'[[send.destinations]]\nae_title = "SOAKPACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n'
+            + retention_config(args.retention_minutes)
         )
         node = Node(config, root / "node.log", port)
         node.start()
         time.sleep(5)
         start_rss, start_fds = node.rss_mb(), node.fds()
+        disk = DiskUse(root / "data")
+        disk.samples.append(disk.sample())
+        disk.start()
 
         def sender(index: int) -> None:
             rng = random.Random(index)
@@ -207,6 +292,7 @@ def main() -> None:
                     pacs.down()
                     threading.Timer(15, pacs.up).start()
         stop.set()
+        disk.halt.set()
         for thread in threads:
             thread.join(60)
         if pacs.server is None:
@@ -217,22 +303,29 @@ def main() -> None:
         while time.monotonic() < drain_deadline:
             status = node.status()
             outputs = [o for s in status for o in s["outputs"]]
-            if all(s["state"] in ("done", "failed") for s in status) and all(o["state"] == "sent" for o in outputs):
+            settled = ("done", "failed", "purged")
+            if all(s["state"] in settled for s in status) and all(o["state"] == "sent" for o in outputs):
                 break
             time.sleep(2)
         end_rss, end_fds = node.rss_mb(), node.fds()
         node.stop()
         pacs.down()
+        purges = purge_records(root / "data")
     indexed = {s["study_instance_uid"]: s for s in status}
-    instances_indexed = sum(s["instances"] for s in status)
+    # A purged study's instances left the index with its files; the purge record counts them.
+    purged_instances = {uid: int(record.get("instance_files", 0)) for uid, record in purges.items()}
+    instances_indexed = sum(
+        purged_instances.get(s["study_instance_uid"], 0) if s["state"] == "purged" else s["instances"] for s in status
+    )
     outputs = [o for s in status for o in s["outputs"]]
     delivered = {o["sop_instance_uid"] for o in outputs if o["state"] == "sent"} & pacs.uids
     lost_instances = len(acknowledged) - instances_indexed
-    lost_studies = len([u for u in studies if indexed.get(u, {}).get("state") != "done"])
+    lost_studies = len([u for u in studies if indexed.get(u, {}).get("state") not in ("done", "purged")])
     lost_results = len({o["sop_instance_uid"] for o in outputs} - pacs.uids)
+    retention = f", retention {args.retention_minutes:g} min" if args.retention_minutes else ""
     table = Table(
         title=f"Soak: {args.minutes:g} min, {args.senders} senders, faults every {args.fault_every:g} s "
-        f"({', '.join(injected) or 'none'})"
+        f"({', '.join(injected) or 'none'}){retention}"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -240,12 +333,13 @@ def main() -> None:
         ("instances acknowledged", len(acknowledged)),
         ("instances indexed", instances_indexed),
         ("studies sent", len(studies)),
-        ("studies processed (done)", sum(1 for s in status if s["state"] == "done")),
+        ("studies processed (done, or done and purged)", sum(1 for s in status if s["state"] in ("done", "purged"))),
         ("studies failed", sum(1 for s in status if s["state"] == "failed")),
         ("results delivered", len(delivered)),
         ("lost (instances + studies + results)", lost_instances + lost_studies + lost_results),
         ("node RSS MB start / end", f"{start_rss:.0f} / {end_rss:.0f}"),
         ("node open fds start / end", f"{start_fds} / {end_fds}"),
+        *(retention_rows(disk, args.minutes, len(purges)) if args.retention_minutes else []),
     ]:
         table.add_row(label, str(value))
     console.print(table)
@@ -258,6 +352,7 @@ def main() -> None:
                 "lost": lost_instances + lost_studies + lost_results,
                 "acknowledged": len(acknowledged),
                 "delivered": len(delivered),
+                "disk_samples": disk.samples,
             }
         )
     )

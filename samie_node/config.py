@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -29,6 +30,31 @@ from samie_node.errors import ConfigError
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration written as people write them: ``3d``, ``12h``, ``90m``, ``30s``, ``0s``, ``2w``
+    (a bare number is seconds).
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is not a non-negative number with one of those units.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: a number and a unit among s, m, h, d, w (e.g. 3d, 12h, 0s)")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def _duration_value(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+#: Seconds, written in the settings as a number or as a duration string (``"3d"``).
+Duration = Annotated[float, BeforeValidator(_duration_value), Field(ge=0)]
 
 
 def validate_ae_title(value: str) -> str:
@@ -392,6 +418,24 @@ class HttpSettings(_Strict):
         return self
 
 
+class RetentionSettings(_Strict):
+    """What the cleaner removes, and when, so that the disk never fills.
+
+    Never removed, whatever these say: studies receiving, ready or processing; results not yet delivered
+    to every destination (pending or retrying); studies a running ``resend`` or ``retrieve`` holds.
+    """
+
+    enabled: bool = True
+    keep_delivered: Duration = 3 * 86400.0
+    keep_failed: Duration = 14 * 86400.0
+    keep_outbox: Duration = 7 * 86400.0
+    emergency_margin_bytes: int = Field(default=4 * 1024**3, ge=0)
+    pass_interval: Duration = 300.0
+    max_studies_per_pass: int = Field(default=20, ge=1)
+    files_per_batch: int = Field(default=200, ge=1)
+    batch_pause_s: float = Field(default=0.05, ge=0)
+
+
 class AuditSettings(_Strict):
     """The audit trail, separate from the operational log."""
 
@@ -414,6 +458,7 @@ class Settings(BaseSettings):
     output: OutputSettings = Field(default_factory=OutputSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     _environment_overrides: ClassVar[bool] = True
@@ -487,5 +532,6 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {where}: {message}" if where else f"invalid settings: {message}") from exc
     return settings

@@ -38,6 +38,17 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _create(tmp: Path) -> int:
+    """Open a new temporary file, creating its folder; again if retention removed the empty folder between."""
+    for _attempt in range(3):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        except FileNotFoundError:
+            continue
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+
+
 def write_atomically(path: Path, data: Buffers | Callable[[BinaryIO], None], *, fsync: bool = True) -> None:
     """Write ``path`` so that it is absent, as before, or complete.
 
@@ -58,8 +69,7 @@ def write_atomically(path: Path, data: Buffers | Callable[[BinaryIO], None], *, 
     """
     tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}-{threading.get_ident()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = _create(tmp)
         try:
             if callable(data):
                 with os.fdopen(fd, "wb", closefd=False) as stream:

@@ -1,4 +1,4 @@
-"""The running node: listener, study scheduler, worker and sender, started and stopped together.
+"""The running node: listener, study scheduler, worker, sender and cleaner, started and stopped together.
 
 ``samie-node serve`` builds one :class:`Node` and calls :meth:`Node.run`. Each part is a thread with one
 job; they talk only through the spool's index, so a restart picks up exactly where the last run stopped.
@@ -19,6 +19,7 @@ from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.errors import SpoolError
 from samie_node.net.receive import Receiver, configure_pynetdicom, incoming_from_file
+from samie_node.purge import finish_interrupted
 from samie_node.spool import Spool
 from samie_node.status import EngineInfo
 
@@ -66,7 +67,7 @@ class Node:
     settings
         Validated settings.
     services
-        Background services (worker, sender) built by the caller with their models and peers.
+        Background services (worker, sender, cleaner) built by the caller with their models and peers.
     engine
         Where the models run (local or Ray); the console, ``/readyz`` and the metrics describe it.
     on_stop
@@ -99,7 +100,9 @@ class Node:
     def start(self) -> list[tuple[str, int]]:
         """Reconcile the spool with the disk, then start listening and the background loops."""
         started = time.monotonic()
-        counts = self.spool.reconcile(incoming_from_file)
+        # Purges a crash interrupted are finished first, so reconciliation sees their studies whole or gone.
+        finished = finish_interrupted(self.spool, self.audit, files_per_batch=self.settings.retention.files_per_batch)
+        counts = {"purges_finished": len(finished), **self.spool.reconcile(incoming_from_file)}
         LOG.info(
             "spool reconciled in %.0f ms: %s",
             (time.monotonic() - started) * 1000,
@@ -199,8 +202,3 @@ class Node:
         for callback in self._on_stop:
             callback()
         self.audit.record("node_stopped")
-
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called (from a signal handler or another thread)."""
-        while not self._stop.wait(1.0):
-            pass

@@ -28,6 +28,8 @@ def reprocess(spool: Spool, study_instance_uids: Sequence[str]) -> ReprocessSumm
         study = spool.study(uid)
         if study is None:
             summary.skipped.append((uid, "not in the index"))
+        elif study.state == "purged":
+            summary.skipped.append((uid, "purged: retention removed its instances (send the study again)"))
         elif study.state not in ("done", "failed"):
             summary.skipped.append((uid, f"{study.state}: it will be processed anyway"))
         elif spool.requeue_study(uid):

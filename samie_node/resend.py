@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from samie_node.config import DicomwebPeer, Peer
 from samie_node.net.send import Sender
+from samie_node.purge import lease
 from samie_node.spool import OutputRecord, Spool
 
 
@@ -31,11 +32,25 @@ def resend(
     """Queue ``outputs`` again and deliver them, one association per destination.
 
     Nothing is lost: an output that cannot be delivered stays in the outbox (retrying or dead) with its
-    file.
+    file. The studies are leased while this runs, so retention leaves their files alone; results it
+    removed before the lease was taken are left out (their files are gone).
     """
-    summary = ResendSummary()
     if not outputs:
-        return summary
+        return ResendSummary()
+    studies = sorted({o.study_instance_uid for o in outputs})
+    with lease(spool, studies, "resend"):
+        still_there = {o.id for o in spool.select_outputs(study_instance_uids=studies)}
+        return _resend(spool, sender, [o for o in outputs if o.id in still_there], to, progress)
+
+
+def _resend(
+    spool: Spool,
+    sender: Sender,
+    outputs: Sequence[OutputRecord],
+    to: Peer | DicomwebPeer | None,
+    progress: Callable[[int], None] | None,
+) -> ResendSummary:
+    summary = ResendSummary()
     spool.requeue_outputs([o.id for o in outputs], destination=to.label if to is not None else None)
     wanted = {(o.sop_instance_uid, to.label if to is not None else o.destination) for o in outputs}
     queued = [o for o in spool.select_outputs(states=["pending"]) if (o.sop_instance_uid, o.destination) in wanted]

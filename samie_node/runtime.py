@@ -9,7 +9,8 @@ from samie_node.config import Settings
 from samie_node.encode.templates import load_templates
 from samie_node.engine.backend import open_engine
 from samie_node.net.send import Sender
-from samie_node.node import Node
+from samie_node.node import Node, Service
+from samie_node.retention import Cleaner
 from samie_node.spool import Spool
 from samie_node.worker import Worker
 
@@ -17,8 +18,8 @@ LOG = logging.getLogger("samie_node.runtime")
 
 
 def build_node(settings: Settings) -> Node:
-    """Open the spool and audit trail, open the engine and build the node with its worker, sender and (when
-    enabled) its HTTP server.
+    """Open the spool and audit trail, open the engine and build the node with its worker, sender, cleaner
+    (retention, unless turned off) and (when enabled) its HTTP server.
 
     The local engine loads its models before the listener starts, so that a wrong checkpoint stops
     ``serve`` with a clear error instead of failing every study later. The Ray engine starts its workers
@@ -32,7 +33,10 @@ def build_node(settings: Settings) -> Node:
         LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
     worker = Worker(settings, spool, audit, engine, templates)
     sender = Sender(settings, spool, audit)
-    node = Node(settings, spool=spool, audit=audit, services=[worker, sender], engine=engine, on_stop=[worker.close])
+    services: list[Service] = [worker, sender]
+    if settings.retention.enabled:
+        services.append(Cleaner(settings, spool, audit))
+    node = Node(settings, spool=spool, audit=audit, services=services, engine=engine, on_stop=[worker.close])
     if settings.http.enabled:
         from samie_node.http.server import HttpServer
 

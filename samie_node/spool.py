@@ -9,11 +9,12 @@ any point loses nothing that was acknowledged.
 
 Study states::
 
-    receiving --(quiet period)--> ready --> processing --> done | failed
-        ^                                                    |
-        +---------------- a late instance re-opens ----------+
+    receiving --(quiet period)--> ready --> processing --> done | failed --(retention)--> purged
+        ^                                                    |                              |
+        +---------------- a late instance re-opens ----------+------------------------------+
 
-Output (outbox) states: pending, retrying, sent, dead.
+Output (outbox) states: pending, retrying, sent, dead. Retention (:mod:`samie_node.purge`) flags the rows
+it removes (``purging``): flagged instances are no longer part of their study; a new store clears the flag.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from typing import Any, Literal
 from samie_node.errors import SpoolError
 from samie_node.files import TMP_MARKER, Buffers, remove_temp_files, write_atomically
 from samie_node.records import (
-    SCHEMA,
     IncomingInstance,
     InstanceRecord,
     OutputRecord,
     OutputState,
     StudyRecord,
     StudyState,
+    open_schema,
 )
 from samie_node.uids import require_uid
 
@@ -49,6 +50,10 @@ def _is_out_of_space(exc: OSError) -> bool:
 
 class OutOfSpaceError(SpoolError):
     """The disk is full or below the configured free-space floor."""
+
+
+class _VanishedError(Exception):
+    """A purge removed a file just written, before its row was (the store writes it again)."""
 
 
 class Spool:
@@ -70,7 +75,7 @@ class Spool:
         self.root = Path(root)
         self.instances_dir = self.root / "spool"
         self.outbox_dir = self.root / "outbox"
-        self._fsync = fsync
+        self.fsync = fsync
         self._clock = clock
         self._lock = threading.Lock()
         try:
@@ -82,9 +87,10 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is enough: the files are the durable truth and reconcile() rebuilds missing rows.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool at {self.root}: {exc}") from exc
+        with self.transaction() as db:  # a new index, or an older one migrated, in one transaction
+            open_schema(db, self.root)
 
     def close(self) -> None:
         """Close the index."""
@@ -92,7 +98,8 @@ class Spool:
             self._db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: it excludes every other writer, in any process)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -107,7 +114,8 @@ class Spool:
                     raise OutOfSpaceError(f"index error: {exc}") from exc
                 raise SpoolError(f"index error: {exc}") from exc
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read."""
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
@@ -134,7 +142,7 @@ class Spool:
             Any other I/O error.
         """
         try:
-            write_atomically(path, data, fsync=self._fsync)
+            write_atomically(path, data, fsync=self.fsync)
         except OSError as exc:
             if _is_out_of_space(exc):
                 raise OutOfSpaceError("no space left on the spool disk") from exc
@@ -155,22 +163,24 @@ class Spool:
         worker processes it again when it finishes.
         """
         path = self.instance_path(incoming.study_instance_uid, incoming.series_instance_uid, incoming.sop_instance_uid)
-        self.write_atomically(path, data)
         size = len(data) if isinstance(data, bytes | memoryview) else sum(len(part) for part in data)
-        try:
-            self._index_instance(incoming, path, size)
-        except SpoolError:
-            # The sender is told the store failed, so the file must not stay behind as if it had been
-            # accepted (the index is the other half of the acknowledgement).
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        return path
+        for _attempt in range(3):
+            self.write_atomically(path, data)
+            try:
+                self._index_instance(incoming, path, size)
+                return path
+            except _VanishedError:
+                continue  # a purge of the study's older files took this one: write it again
+            except SpoolError:  # the sender is told it failed: no file may stay as if accepted
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+        raise SpoolError(f"{path.name} was removed by retention while being stored")
 
     def _index_instance(self, incoming: IncomingInstance, path: Path, size: int) -> None:
         now = self._clock()
         old_path: str | None = None
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT path FROM instances WHERE sop_instance_uid = ?", (incoming.sop_instance_uid,)
             ).fetchone()
@@ -183,7 +193,7 @@ class Spool:
                 " ON CONFLICT (sop_instance_uid) DO UPDATE SET study_instance_uid = excluded.study_instance_uid,"
                 " series_instance_uid = excluded.series_instance_uid, sop_class_uid = excluded.sop_class_uid,"
                 " transfer_syntax_uid = excluded.transfer_syntax_uid, path = excluded.path,"
-                " size = excluded.size, received_at = excluded.received_at",
+                " size = excluded.size, received_at = excluded.received_at, purging = 0",
                 (
                     incoming.sop_instance_uid,
                     incoming.study_instance_uid,
@@ -211,7 +221,8 @@ class Spool:
                 " reopened = CASE WHEN studies.state = 'processing' THEN 1 ELSE studies.reopened END,"
                 " state = CASE WHEN studies.state = 'processing' THEN 'processing' ELSE 'receiving' END,"
                 " state_changed = CASE WHEN studies.state IN ('processing', 'receiving')"
-                "   THEN studies.state_changed ELSE excluded.state_changed END",
+                "   THEN studies.state_changed ELSE excluded.state_changed END,"
+                " purged_at = CASE WHEN studies.state = 'purged' THEN NULL ELSE studies.purged_at END",
                 (
                     incoming.study_instance_uid,
                     incoming.accession_number,
@@ -223,15 +234,19 @@ class Spool:
                     now,
                 ),
             )
+            # Purges remove files inside transactions (samie_node.purge): if this file is still there now,
+            # no purge can take it any more, because its row is no longer flagged.
+            if not path.exists():
+                raise _VanishedError
         if old_path is not None:
             with contextlib.suppress(OSError):
                 Path(old_path).unlink()
 
     def instances(self, study_instance_uid: str) -> list[InstanceRecord]:
         """The instances of a study, in a stable order (series, then SOP Instance UID)."""
-        rows = self._query(
+        rows = self.query(
             "SELECT sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid,"
-            " transfer_syntax_uid, path, size FROM instances WHERE study_instance_uid = ?"
+            " transfer_syntax_uid, path, size FROM instances WHERE study_instance_uid = ? AND purging = 0"
             " ORDER BY series_instance_uid, sop_instance_uid",
             (study_instance_uid,),
         )
@@ -240,37 +255,26 @@ class Spool:
     # ---------------------------------------------------------------- studies
 
     def _study_from_row(self, r: tuple[Any, ...]) -> StudyRecord:
-        return StudyRecord(
-            study_instance_uid=r[0],
-            state=r[1],
-            instances=r[2],
-            accession_number=r[3],
-            study_date=r[4],
-            calling_ae_title=r[5],
-            calling_host=r[6],
-            first_received=r[7],
-            last_received=r[8],
-            attempts=r[9],
-            reason=r[10],
-            result=json.loads(r[11] or "{}"),
-        )
+        # _STUDY_COLUMNS are in StudyRecord's field order; the summary is stored as JSON.
+        summary = json.loads(r[11] or "{}")
+        return StudyRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], summary, *r[12:15])
 
     _STUDY_COLUMNS = (
         "s.study_instance_uid, s.state,"
-        " (SELECT COUNT(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid),"
+        " (SELECT COUNT(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid AND i.purging = 0),"
         " s.accession_number, s.study_date, s.calling_ae_title, s.calling_host, s.first_received,"
-        " s.last_received, s.attempts, s.reason, s.result"
+        " s.last_received, s.attempts, s.reason, s.result, s.purged_at, s.results_purged_at, s.bytes_freed"
     )
 
     def studies(self, state: StudyState | None = None) -> list[StudyRecord]:
         """All studies (or those in ``state``), oldest first."""
         where, params = ("WHERE s.state = ?", (state,)) if state else ("", ())
-        rows = self._query(f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received", params)
+        rows = self.query(f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received", params)
         return [self._study_from_row(r) for r in rows]
 
     def study(self, study_instance_uid: str) -> StudyRecord | None:
         """One study, or None if the index does not know it."""
-        rows = self._query(
+        rows = self.query(
             f"SELECT {self._STUDY_COLUMNS} FROM studies s WHERE s.study_instance_uid = ?",
             (study_instance_uid,),
         )
@@ -283,8 +287,8 @@ class Spool:
         ``since`` (seconds since the epoch); also the number of studies matching."""
         where = "WHERE s.first_received >= ?" + (" AND s.state = ?" if state else "")
         params: tuple[Any, ...] = (since, state) if state else (since,)
-        total = int(self._query(f"SELECT COUNT(*) FROM studies s {where}", params)[0][0])
-        rows = self._query(
+        total = int(self.query(f"SELECT COUNT(*) FROM studies s {where}", params)[0][0])
+        rows = self.query(
             f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
@@ -292,21 +296,21 @@ class Spool:
 
     def counts(self) -> tuple[dict[str, int], dict[str, int], int]:
         """Studies by state, outputs by state, and the bytes of the stored instances (for metrics)."""
-        studies = dict(self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
-        outputs = dict(self._query("SELECT state, COUNT(*) FROM outputs GROUP BY state"))
-        stored = int(self._query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0])
+        studies = dict(self.query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
+        outputs = dict(self.query("SELECT state, COUNT(*) FROM outputs GROUP BY state"))
+        stored = int(self.query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0])
         return studies, outputs, stored
 
     def outbox_by_destination(self) -> dict[str, tuple[dict[str, int], float | None, str]]:
         """Per destination: outputs by state, when the last one was delivered, and the latest error."""
         found: dict[str, tuple[dict[str, int], float | None, str]] = {}
-        for destination, state, count, sent_at in self._query(
+        for destination, state, count, sent_at in self.query(
             "SELECT destination, state, COUNT(*), MAX(sent_at) FROM outputs GROUP BY destination, state"
         ):
             counts, last_sent, _ = found.get(destination, ({}, None, ""))
             counts[state] = count
             found[destination] = (counts, max(last_sent or 0.0, sent_at or 0.0) or None, "")
-        for destination, error in self._query(
+        for destination, error in self.query(
             "SELECT destination, last_error FROM outputs WHERE id IN"
             " (SELECT MAX(id) FROM outputs WHERE last_error != '' GROUP BY destination)"
         ):
@@ -322,13 +326,13 @@ class Spool:
         SpoolError
             If the index cannot be written (read-only, full, locked for longer than the timeout).
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (self._clock(),))
 
     def mark_quiet_studies_ready(self, quiet_period_s: float) -> list[str]:
         """Move studies with no new instance for ``quiet_period_s`` from receiving to ready."""
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT study_instance_uid FROM studies WHERE state = 'receiving' AND last_received <= ?",
                 (now - quiet_period_s,),
@@ -343,7 +347,7 @@ class Spool:
     def claim_ready_study(self) -> str | None:
         """Take the oldest ready study for processing (ready -> processing), or None."""
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT study_instance_uid FROM studies WHERE state = 'ready' ORDER BY last_received LIMIT 1"
             ).fetchone()
@@ -351,7 +355,7 @@ class Spool:
                 return None
             db.execute(
                 "UPDATE studies SET state = 'processing', state_changed = ?, reopened = 0,"
-                " attempts = attempts + 1 WHERE study_instance_uid = ?",
+                " attempts = attempts + 1, results_purged_at = NULL WHERE study_instance_uid = ?",
                 (now, row[0]),
             )
             return str(row[0])
@@ -364,7 +368,7 @@ class Spool:
         Returns the state the study is left in.
         """
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT reopened FROM studies WHERE study_instance_uid = ?", (study_instance_uid,)
             ).fetchone()
@@ -377,11 +381,12 @@ class Spool:
         return final
 
     def requeue_study(self, study_instance_uid: str) -> bool:
-        """Put a study back to ready (re-processing); False if the index does not know it."""
+        """Put a study back to ready (re-processing); False if the index does not know it or it was purged."""
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute(
-                "UPDATE studies SET state = 'ready', state_changed = ?, reason = '' WHERE study_instance_uid = ?",
+                "UPDATE studies SET state = 'ready', state_changed = ?, reason = ''"
+                " WHERE study_instance_uid = ? AND state != 'purged'",
                 (now, study_instance_uid),
             )
             return cursor.rowcount > 0
@@ -397,26 +402,34 @@ class Spool:
         destination: str,
     ) -> None:
         """Queue one result for one destination; re-adding the same UID replaces and re-queues it."""
+        self.add_outputs(study_instance_uid, [(sop_class_uid, sop_instance_uid, path, destination)])
+
+    def add_outputs(self, study_instance_uid: str, outputs: Sequence[tuple[str, str, Path, str]]) -> None:
+        """Queue a study's results (SOP Class UID, SOP Instance UID, path, destination) in one transaction.
+
+        All at once, so the sender never sees part of them: a study's results go in one association (or
+        one STOW-RS request) per destination.
+        """
         now = self._clock()
-        with self._transaction() as db:
-            db.execute(
+        with self.transaction() as db:
+            db.executemany(
                 "INSERT INTO outputs (study_instance_uid, sop_class_uid, sop_instance_uid, path, destination,"
                 " state, attempts, next_attempt_at, last_error, created_at)"
                 " VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, '', ?)"
                 " ON CONFLICT (sop_instance_uid, destination) DO UPDATE SET path = excluded.path,"
                 " sop_class_uid = excluded.sop_class_uid, state = 'pending', attempts = 0,"
-                " next_attempt_at = 0, last_error = '', sent_at = NULL",
-                (study_instance_uid, sop_class_uid, sop_instance_uid, str(path), destination, now),
+                " next_attempt_at = 0, last_error = '', sent_at = NULL, purging = 0, purged_at = NULL",
+                [(study_instance_uid, c, i, str(p), d, now) for c, i, p, d in outputs],
             )
 
     _OUTPUT_COLUMNS = (
         "id, study_instance_uid, sop_class_uid, sop_instance_uid, path, destination, state, attempts,"
-        " next_attempt_at, last_error"
+        " next_attempt_at, last_error, purged_at"
     )
 
     @staticmethod
     def _output_from_row(r: tuple[Any, ...]) -> OutputRecord:
-        return OutputRecord(r[0], r[1], r[2], r[3], Path(r[4]), r[5], r[6], r[7], r[8], r[9])
+        return OutputRecord(r[0], r[1], r[2], r[3], Path(r[4]), r[5], r[6], r[7], r[8], r[9], r[10])
 
     def still_due(self, outputs: Sequence[OutputRecord]) -> list[OutputRecord]:
         """Those of ``outputs`` still pending or retrying, as the index holds them now (two senders in one
@@ -424,7 +437,7 @@ class Spool:
         if not outputs:
             return []
         marks = ",".join("?" * len(outputs))
-        rows = self._query(
+        rows = self.query(
             f"SELECT {self._OUTPUT_COLUMNS} FROM outputs WHERE id IN ({marks}) AND state IN ('pending', 'retrying')"
             " ORDER BY id",
             tuple(o.id for o in outputs),
@@ -433,7 +446,7 @@ class Spool:
 
     def due_outputs(self, limit: int = 100) -> list[OutputRecord]:
         """Outputs pending or retrying whose next attempt time has come, oldest first."""
-        rows = self._query(
+        rows = self.query(
             f"SELECT {self._OUTPUT_COLUMNS} FROM outputs WHERE state IN ('pending', 'retrying')"
             " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
             (self._clock(), limit),
@@ -443,7 +456,7 @@ class Spool:
     def outputs(self, study_instance_uid: str | None = None) -> list[OutputRecord]:
         """All outputs, or those of one study."""
         where, params = ("WHERE study_instance_uid = ?", (study_instance_uid,)) if study_instance_uid else ("", ())
-        rows = self._query(f"SELECT {self._OUTPUT_COLUMNS} FROM outputs {where} ORDER BY id", params)
+        rows = self.query(f"SELECT {self._OUTPUT_COLUMNS} FROM outputs {where} ORDER BY id", params)
         return [self._output_from_row(r) for r in rows]
 
     def select_outputs(
@@ -455,8 +468,9 @@ class Spool:
         states: Sequence[OutputState] = (),
     ) -> list[OutputRecord]:
         """Outputs matching every given filter (an empty filter matches all): study UIDs, accession numbers,
-        study date on or after ``since`` (YYYYMMDD), output states."""
-        clauses: list[str] = []
+        study date on or after ``since`` (YYYYMMDD), output states. Results retention removed (or is
+        removing) are left out: their files are gone."""
+        clauses: list[str] = ["o.purging = 0", "o.purged_at IS NULL"]
         params: list[Any] = []
         if study_instance_uids:
             clauses.append(f"o.study_instance_uid IN ({','.join('?' * len(study_instance_uids))})")
@@ -470,9 +484,9 @@ class Spool:
         if states:
             clauses.append(f"o.state IN ({','.join('?' * len(states))})")
             params.extend(states)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         columns = ", ".join(f"o.{c.strip()}" for c in self._OUTPUT_COLUMNS.split(","))
-        rows = self._query(
+        rows = self.query(
             f"SELECT {columns} FROM outputs o LEFT JOIN studies s ON s.study_instance_uid = o.study_instance_uid"
             f" {where} ORDER BY o.id",
             tuple(params),
@@ -482,7 +496,7 @@ class Spool:
     def mark_output_sent(self, output_id: int) -> None:
         """Record a delivery that the peer acknowledged with Success (or a warning)."""
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE outputs SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = '' WHERE id = ?",
                 (now, output_id),
@@ -491,7 +505,7 @@ class Spool:
     def mark_output_failed(self, output_id: int, reason: str, *, retry_at: float | None) -> OutputState:
         """Record a failed attempt: retrying until ``retry_at``, or dead when ``retry_at`` is None."""
         state: OutputState = "retrying" if retry_at is not None else "dead"
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE outputs SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
                 " WHERE id = ?",
@@ -502,7 +516,7 @@ class Spool:
     def requeue_outputs(self, output_ids: list[int], destination: str | None = None) -> int:
         """Put outputs back to pending (optionally to another destination); returns how many."""
         count = 0
-        with self._transaction() as db:
+        with self.transaction() as db:
             for output_id in output_ids:
                 if destination is None:
                     cursor = db.execute(
@@ -536,7 +550,7 @@ class Spool:
         Returns counts of what it did, for the start-up log line.
         """
         counts = {"temp_removed": 0, "indexed": 0, "rows_dropped": 0, "requeued": 0, "unusable_removed": 0}
-        known = {Path(r[0]) for r in self._query("SELECT path FROM instances")}
+        known = {Path(r[0]) for r in self.query("SELECT path FROM instances")}
         on_disk: set[Path] = set()
         for dirpath, _dirnames, filenames in os.walk(self.instances_dir):
             for filename in filenames:
@@ -555,12 +569,13 @@ class Spool:
                         path.unlink()
                         counts["unusable_removed"] += 1
                     continue
-                self._index_instance(incoming, path, path.stat().st_size)
-                counts["indexed"] += 1
+                with contextlib.suppress(_VanishedError):  # a purge running beside start-up took it
+                    self._index_instance(incoming, path, path.stat().st_size)
+                    counts["indexed"] += 1
         counts["temp_removed"] += remove_temp_files(self.outbox_dir)
         missing = known - on_disk
         now = self._clock()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.executemany("DELETE FROM instances WHERE path = ?", [(str(p),) for p in missing])
             counts["rows_dropped"] = len(missing)
             cursor = db.execute(

@@ -52,6 +52,7 @@ class OutputStatus:
     state: str
     attempts: int
     last_error: str
+    purged: bool = False  # its file was removed by retention after delivery
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,21 @@ class StudyStatus:
     reason: str
     summary: StudySummary | None
     outputs: list[OutputStatus]
+    purged_at: float | None = None
+    bytes_freed: int = 0
 
     @property
     def sent(self) -> int:
         """Results delivered."""
         return sum(1 for output in self.outputs if output.state == "sent")
+
+    @property
+    def note(self) -> str:
+        """One line for a table: when retention removed the study and how much that freed, else the reason."""
+        if self.state == "purged" and self.purged_at is not None:
+            freed = f"{self.bytes_freed / 1e6:.1f} MB freed"
+            return f"purged {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.purged_at))}, {freed}"
+        return self.reason
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``status --json``)."""
@@ -90,6 +101,7 @@ def study_statuses(spool: Spool) -> list[StudyStatus]:
                 output.state,
                 output.attempts,
                 output.last_error,
+                output.purged_at is not None,
             )
         )
     return [
@@ -101,6 +113,8 @@ def study_statuses(spool: Spool) -> list[StudyStatus]:
             study.reason,
             StudySummary.from_dict(study.result),
             outputs.get(study.study_instance_uid, []),
+            study.purged_at,
+            study.bytes_freed,
         )
         for study in spool.studies()
     ]

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from samie_node.audit import AuditLog
 from samie_node.config import DicomwebPeer, Peer, Settings
@@ -197,14 +198,16 @@ class Worker:
         """Write a study's outputs to the outbox and queue them for every destination."""
         destinations = destinations_for(study, self._settings)
         folder = self._spool.outbox_dir / study.study_instance_uid
+        queued: list[tuple[str, str, Path, str]] = []
         for output in result.outputs:
             path = folder / f"{output.sop_instance_uid}.dcm"
             self._spool.write_atomically(path, encode_file(output.dataset))
-            for peer in destinations:
-                if output.for_all_destinations or peer.secondary_capture:
-                    self._spool.add_output(
-                        study.study_instance_uid, output.sop_class_uid, output.sop_instance_uid, path, peer.label
-                    )
+            queued.extend(
+                (output.sop_class_uid, output.sop_instance_uid, path, peer.label)
+                for peer in destinations
+                if output.for_all_destinations or peer.secondary_capture
+            )
+        self._spool.add_outputs(study.study_instance_uid, queued)  # every file written first, then all at once
         write_previews(result.previews, folder / "previews", fsync=self._settings.node.fsync)
         if not destinations:
             LOG.warning(

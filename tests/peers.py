@@ -44,6 +44,23 @@ def require_tool(name: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real small file system (tmpfs of ``size``, e.g. ``400k``, ``64m``) mounted at ``mount``.
+
+    Mounting needs root, as CI runs the tests (``.ci/run``); without it the test fails loudly, it does not
+    skip.
+    """
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (run the tests as root, as .ci/run does): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def toml_value(value: Any) -> str:
     """A value as TOML (enough for the test configs)."""
     if isinstance(value, bool):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from samie_node.config import Peer, Settings, load_settings
+from samie_node.config import Peer, Settings, load_settings, parse_duration
 from samie_node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +37,8 @@ def test_environment_overrides_file_and_flags_override_environment(
         ('[segmenter]\nkind = "sam"\n', "sam_checkpoint"),
         ("[segmenter]\nbox = [0.5, 0.5, 0.1, 0.9]\n", "box"),
         ("[node\n", "cannot read"),
+        ('[retention]\nkeep_delivered = "3 days"\n', "retention.keep_delivered"),
+        ("[retention]\nkeep_failed = -1\n", "retention.keep_failed"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
@@ -83,3 +85,24 @@ def test_dicomweb_destinations_beside_dimse_ones(tmp_path: Path) -> None:
     config.write_text(bad)
     with pytest.raises(ConfigError, match="not both"):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("3d", 259200.0), ("12h", 43200.0), ("90m", 5400.0), ("0s", 0.0), ("1.5h", 5400.0), ("2w", 1209600.0), ("45", 45)],
+)
+def test_durations_read_as_people_write_them(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "3 days", "-1d", "d", "1y", "1h30m"])
+def test_a_duration_that_is_not_one_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(bad)
+
+
+def test_retention_durations_in_the_file_are_seconds_in_the_settings(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[retention]\nkeep_delivered = "12h"\nkeep_outbox = 600\n')
+    retention = load_settings(config).retention
+    assert (retention.keep_delivered, retention.keep_outbox) == (43200.0, 600.0)

@@ -1,11 +1,12 @@
 """The node's commands, for the PACS administrator and the operator: serve, echo, status, resend, reprocess,
-process, retrieve, demo."""
+purge, process, retrieve, demo."""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # these import torch and highdicom: only the commands that ne
     from samie_node.batch import StudyOutcome
     from samie_node.encode.templates import Templates
     from samie_node.engine.backend import Engine
+    from samie_node.retention import PurgeReport
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
@@ -68,17 +70,28 @@ def serve(
         from samie_node.runtime import build_node
 
         node = build_node(settings)
+        # Before start: a stop that arrives while the node starts (reconciling, binding) waits for it and
+        # then stops it whole, instead of killing it half-started.
+        stop_signals = _record_stop_signals()
         node.start()
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
+    while not stop_signals:
+        time.sleep(0.2)
+    logging.getLogger("samie_node.cli").info("signal %d: stopping", stop_signals[0])
+    node.stop()
 
-    def _stop(signum: int, _frame: object) -> None:
-        logging.getLogger("samie_node.cli").info("signal %d: stopping", signum)
-        node.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    node.wait()
+def _record_stop_signals() -> list[int]:
+    """SIGTERM and SIGINT from now on only append to the returned list (the handler may run mid-start)."""
+    received: list[int] = []
+
+    def _record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, _record)
+    signal.signal(signal.SIGINT, _record)
+    return received
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
@@ -124,7 +137,7 @@ def status(
             study.state,
             str(study.instances),
             f"{study.sent}/{len(study.outputs)}",
-            study.reason[:60],
+            study.note[:60],
         )
     console = Console()
     console.print(table)
@@ -218,6 +231,88 @@ def reprocess(
     console.print(counts_table("reprocess", [("queued", len(summary.queued)), ("left alone", len(summary.skipped))]))
     for uid, why in summary.skipped:
         console.print(f"left alone {uid}: {why}")
+
+
+@app.command(rich_help_panel="The node: administrator and operator")
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Remove what settled longer ago than this (3d, 12h, 0s), not the policy."),
+    ] = None,
+    study: Annotated[list[str] | None, typer.Option("--study", help="Only this study (repeatable).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list what stays, and why.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Remove delivered and old studies by the retention policy (or older than a duration); never what is
+    in flight, undelivered or in use. Shows what goes and the space freed."""
+    from samie_node.config import parse_duration
+    from samie_node.retention import run_purge
+
+    configure_logging(False)
+    settings = settings_from(config, data_dir_override(data_dir))
+    try:
+        seconds = parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise fail(f"--older-than: {exc}") from exc
+    spool = open_spool(settings)
+    try:
+        report = run_purge(
+            spool,
+            AuditLog.for_settings(settings),
+            settings.retention,
+            dry_run=dry_run,
+            older_than=seconds,
+            study_instance_uids=study or [],
+        )
+    except SamieNodeError as exc:
+        raise fail(str(exc), code=1) from exc
+    finally:
+        spool.close()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_purge_report(Console(), report, verbose=verbose)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _print_purge_report(console: Console, report: PurgeReport, *, verbose: bool) -> None:
+    def parts(instances: bool, results: bool) -> str:
+        return " + ".join(p for p, on in (("instances", instances), ("results", results)) if on)
+
+    planned = report.dry_run
+    rows = (
+        [(d.study_instance_uid, d.state, parts(d.instances, d.results), d.files, d.bytes) for d in report.decisions]
+        if planned
+        else [(o.study_instance_uid, o.reason, parts(o.instances, o.results), o.files, o.bytes) for o in report.removed]
+    )
+    rows = [row for row in rows if row[2]]
+    studies = f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}"
+    table = Table(title=f"{studies} {'would be purged (dry run)' if planned else 'purged'} ({report.reason})")
+    for column in ("Study Instance UID", "state" if planned else "reason", "removes", "files", "MB"):
+        table.add_column(column, justify="right" if column in ("files", "MB") else "left")
+    for uid, label, what, files, size in rows:
+        table.add_row(uid, label, what, str(files), f"{size / 1e6:.1f}")
+    console.print(table)
+    kept = [d for d in report.decisions if d.kept]
+    if verbose and kept:
+        kept_table = Table(title=f"{len(kept)} studies kept")
+        for column in ("Study Instance UID", "state", "why"):
+            kept_table.add_column(column)
+        for d in kept:
+            kept_table.add_row(d.study_instance_uid, d.state, d.kept)
+        console.print(kept_table)
+    elif kept:
+        console.print(f"{len(kept)} studies kept (--verbose says why)")
+    for uid, error in report.failed:
+        console.print(f"[red]not finished[/red] {uid}: {error} (the next run or start-up finishes it)")
+    console.print(
+        f"{'would free' if planned else 'freed'} {report.bytes_freed / 1e6:.1f} MB; free space"
+        f" {report.free_before / 1e9:.2f} GB before, {report.free_after / 1e9:.2f} GB after"
+    )
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
@@ -343,6 +438,7 @@ def retrieve(
     from samie_node.net.receive import Receiver, configure_pynetdicom
     from samie_node.net.retrieve import RetrieveOutcome, find_study_uids, get_study, move_study, retrieve_all
     from samie_node.net.send import calling_ae_title
+    from samie_node.purge import lease
 
     configure_logging(False)
     settings = settings_from(config, data_dir_override(data_dir))
@@ -364,19 +460,19 @@ def retrieve(
     if not uids:
         console.print("no study matched")
         raise typer.Exit(1)
-    receiver = None
-    if method == "get":
-        spool = open_spool(settings)
-        receiver = Receiver(settings, spool, AuditLog.for_settings(settings))
+    spool = open_spool(settings)
+    receiver = Receiver(settings, spool, AuditLog.for_settings(settings)) if method == "get" else None
 
     def one(uid: str) -> RetrieveOutcome:
         if receiver is not None:
             return get_study(peer, uid, store=receiver.handle_store, calling_ae_title=me)
         return move_study(peer, uid, move_destination=settings.node.ae_title, calling_ae_title=me)
 
-    with Progress(console=console) as progress:
+    # Leased while they arrive, so that retention does not remove what is being retrieved.
+    with Progress(console=console) as progress, lease(spool, uids, "retrieve"):
         task = progress.add_task(f"retrieving ({method})", total=len(uids))
         outcomes = retrieve_all(uids, one, max_parallel=parallel, on_done=lambda _o: progress.advance(task))
+    spool.close()
     table = Table(title=f"retrieved from {peer.label} by C-{method.upper()}")
     for column in ("Study Instance UID", "completed", "failed", "error"):
         table.add_column(column)

@@ -14,13 +14,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from samie_node.node import Node
-from samie_node.records import InstanceRecord, OutputRecord, StudyRecord
+from samie_node.records import InstanceRecord, OutputRecord, StudyRecord, StudyState
 from samie_node.summary import StudySummary
 
 SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34")
@@ -95,7 +95,7 @@ def parse_day(text: str) -> float:
 
 def studies_page(node: Node, state: str, since: str, page: int) -> dict[str, Any]:
     """One page of studies, newest first, filtered by state and first-received day."""
-    wanted: Any = state if state in ("receiving", "ready", "processing", "done", "failed") else None
+    wanted: Any = state if state in get_args(StudyState) else None
     records, total = node.spool.studies_page(
         state=wanted, since=parse_day(since), limit=PAGE_SIZE, offset=max(page - 1, 0) * PAGE_SIZE
     )
@@ -181,7 +181,7 @@ def study_view(node: Node, study_instance_uid: str) -> StudyView | None:
     folder = node.spool.outbox_dir / study_instance_uid / "previews"
     previews = sorted(p.name for p in folder.glob("overlay-*.png")) if folder.is_dir() else []
     findings: list[tuple[int, str]] = []
-    sr = next((o for o in outputs if o.sop_class_uid in SR_CLASSES), None)
+    sr = next((o for o in outputs if o.sop_class_uid in SR_CLASSES and o.purged_at is None), None)
     if sr is not None:
         try:
             findings = sr_lines(pydicom.dcmread(sr.path))
