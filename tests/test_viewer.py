@@ -304,9 +304,11 @@ def test_sr_findings_are_shown_beside_the_image(session: Session, kind: str) -> 
     sr_view = case.require_view("sr")
     labels, outline, image = _shown_finding(case.sr)
     geometry = ScreenGeometry.from_driver(sr_view["geometry"])
-    # The SR opens on its key image, with the region's numbers beside the outline...
+    # The SR opens on its key image, with the region's numbers beside the outline (other regions of the
+    # same image are drawn too, each with its own numbers)...
     assert geometry.sop_instance_uid == image
-    assert sr_view["labels"] == labels
+    shown = sr_view["labels"]
+    assert labels and all(label in shown for label in labels), (labels, shown)
     assert any(label.startswith("Area: ") for label in labels)
     # ... and the outline is drawn where the SEG's region is.
     screenshot = case.shot(sr_view["screenshot"])
