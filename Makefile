@@ -43,7 +43,8 @@ bench: install-test
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/inference.py
 
-# The radiologist's view on this machine: Orthanc (DICOMweb), samie-node and the OHIF viewer with the
+# The radiologist's view on this machine: Orthanc (DICOMweb), samie-node (classifying with the packaged
+# demonstration model: synthetic images, not for clinical use) and the OHIF viewer with the
 # demo studies; prints the viewer's URL and runs until Ctrl-C (scripts/viewer-demo --help for options).
 .PHONY: viewer
 viewer: peers install-test

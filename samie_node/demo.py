@@ -3,7 +3,11 @@
 It starts a small PACS (the Storage SCP of :mod:`samie_node.testing.pacs`, which keeps what it
 receives), starts the node with that PACS as its destination, sends three generated studies (a CT
 series, an ultrasound image and an RGB photograph), waits for each study's SEG and SR to come back, and
-prints a table per study with the overlay PNGs the node wrote.
+prints a table per study (with its class and probability) and the overlay PNGs the node wrote.
+
+The classifier is the demonstration model shipped in the package
+(:mod:`samie_node.engine.demo_classifier`): trained on generated phantoms, not for clinical use, and
+named so in the output and in every SR it classifies.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from samie_node.config import Peer, Settings, load_settings
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER, DEMO_CLASSIFIER_NAME, DEMO_CLASSIFIER_SHA256
 from samie_node.net.receive import configure_pynetdicom
 from samie_node.net.send import associate
+from samie_node.records import StudyRecord
 from samie_node.runtime import build_node
 from samie_node.summary import StudySummary
 from samie_node.testing.pacs import StoreSCP
@@ -46,7 +52,22 @@ def _peer(port: int) -> Peer:
     return Peer(ae_title="SAMIE_NODE", host="127.0.0.1", port=port)
 
 
-def demo_settings(work: Path, node_port: int, pacs_port: int, quiet_period_s: float) -> Settings:
+def _classification(record: StudyRecord | None) -> str:
+    summary = StudySummary.from_dict(record.result) if record is not None else None
+    return summary.classification_text() if summary is not None else "no summary"
+
+
+def _describe(classifier: Path | None) -> str:
+    if classifier is None:
+        return "none"
+    if classifier.resolve() == DEMO_CLASSIFIER:  # the node checked its hash when it loaded it
+        return f"{DEMO_CLASSIFIER_NAME} (sha256 {DEMO_CLASSIFIER_SHA256})"
+    return str(classifier)
+
+
+def demo_settings(
+    work: Path, node_port: int, pacs_port: int, quiet_period_s: float, classifier: Path | None = DEMO_CLASSIFIER
+) -> Settings:
     return load_settings(
         None,
         {
@@ -55,6 +76,7 @@ def demo_settings(work: Path, node_port: int, pacs_port: int, quiet_period_s: fl
             "study": {"quiet_period_s": quiet_period_s, "poll_interval_s": 0.2},
             "http": {"enabled": False},  # a short run on loopback; 8765 may be another node's
             "send": {"destinations": [{"ae_title": "DEMO_PACS", "host": "127.0.0.1", "port": pacs_port}]},
+            "classifier": {"checkpoint": str(classifier) if classifier is not None else None},
         },
     )
 
@@ -66,14 +88,19 @@ def run_demo(
     quiet_period_s: float = 2.0,
     timeout_s: float = 600.0,
     log: Callable[[str], None] | None = None,
+    classifier: Path | None = DEMO_CLASSIFIER,
 ) -> int:
-    """Run the demo; returns 0 when every study came back with its SEG and SR."""
+    """Run the demo; returns 0 when every study came back with its SEG and SR.
+
+    ``classifier`` is the checkpoint the node classifies with: the packaged demonstration model unless
+    another is given; None runs without one.
+    """
     configure_pynetdicom()
     work = work_dir or Path(tempfile.mkdtemp(prefix="samie-demo-"))
     say = log or console.print
     pacs = StoreSCP(free_port(), "DEMO_PACS", folder=work / "pacs").start()
     node_port = free_port()
-    settings = demo_settings(work, node_port, pacs.port, quiet_period_s)
+    settings = demo_settings(work, node_port, pacs.port, quiet_period_s, classifier)
     say(f"[bold]samie-node demo[/bold] in {work}")
     say("loading the models (LiteMedSAM, embedded weights) ...")
     node = build_node(settings)
@@ -91,9 +118,10 @@ def run_demo(
         pending = set(studies)
         while pending and time.monotonic() < deadline:
             for name in list(pending):
-                if pacs.returned(str(studies[name][0].StudyInstanceUID), Comprehensive3DSRStorage) is not None:
+                uid = str(studies[name][0].StudyInstanceUID)
+                if pacs.returned(uid, Comprehensive3DSRStorage) is not None:
                     pending.discard(name)
-                    say(f"results back for {name}")
+                    say(f"results back for {name}: {_classification(node.spool.study(uid))}")
             time.sleep(0.2)
         table = Table(title="samie-node demo: results returned to the PACS")
         for column in ("study", "modality", "images", "regions", "class (probability)", "latency after quiet"):
@@ -119,6 +147,7 @@ def run_demo(
             )
             previews.extend(sorted((node.spool.outbox_dir / uid / "previews").glob("*.png"))[:2])
         console.print(table)
+        console.print(f"classifier: {_describe(classifier)}", soft_wrap=True, highlight=False)
         console.print("overlay previews (not for diagnostic use):")
         for path in previews:
             console.print(f"  {path}", soft_wrap=True, highlight=False)

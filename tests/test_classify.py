@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from engine_fixtures import CPU
 
+from samie_node.engine import models as models_module
 from samie_node.engine.classify import (
     CheckpointContent,
     ClassLabel,
@@ -20,7 +22,11 @@ from samie_node.engine.classify import (
     save_checkpoint,
     sidecar_path,
 )
+from samie_node.engine.dataset import discover_dataset
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER, DEMO_CLASSIFIER_NAME, DEMO_CLASSIFIER_SHA256
+from samie_node.engine.models import load_configured_classifier
 from samie_node.errors import ModelError
+from samie_node.testing.lesion_phantoms import BENIGN, MALIGNANT, labelled_phantom, write_labelled_set
 
 LABELS = [
     ClassLabel("benign", "BEN", "99TEST", "Benign finding"),
@@ -178,3 +184,60 @@ def test_class_labels_need_every_field() -> None:
     assert ClassLabel.from_dict(
         {"name": "a", "code_value": "1", "coding_scheme_designator": "SCT", "code_meaning": "A"}
     ) == ClassLabel("a", "1", "SCT", "A")
+
+
+def test_the_packaged_demonstration_model_is_what_it_says(tmp_path: Path) -> None:
+    """The demo model ships with its hash, is named as a demonstration, reads enhanced images, and held its
+    accuracy on phantoms it never saw (a seed other than its training set's)."""
+    assert file_sha256(DEMO_CLASSIFIER) == DEMO_CLASSIFIER_SHA256
+    assert sidecar_path(DEMO_CLASSIFIER).read_text().split() == [DEMO_CLASSIFIER_SHA256, DEMO_CLASSIFIER.name]
+    assert DEMO_CLASSIFIER.stat().st_size < 4_000_000  # small enough to ship in the package
+    classifier = load_classifier(DEMO_CLASSIFIER, CPU, expected_sha256=DEMO_CLASSIFIER_SHA256)
+    assert classifier.name == DEMO_CLASSIFIER_NAME and len(classifier.name) <= 64
+    assert "synthetic" in classifier.name and "not for clinical use" in classifier.name
+    assert classifier.input_mode == "enhanced"
+    assert [label.code_meaning for label in classifier.labels] == [
+        "benign-appearing (demo)",
+        "malignant-appearing (demo)",
+    ]
+    held_out = classifier.content.metrics["held_out"]
+    assert held_out["seed"] != classifier.content.training["phantoms"]["seed"]
+    assert held_out["accuracy"] >= 0.85, held_out
+
+
+def test_an_altered_demonstration_model_is_refused_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy with one byte changed fails its sidecar; the node checks the packaged file against the hash
+    it shipped with, so a changed file (here: a changed expectation) stops the node loading it."""
+    altered = tmp_path / DEMO_CLASSIFIER.name
+    data = bytearray(DEMO_CLASSIFIER.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    altered.write_bytes(bytes(data))
+    sidecar_path(altered).write_bytes(sidecar_path(DEMO_CLASSIFIER).read_bytes())
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_classifier(altered, CPU)
+    assert load_configured_classifier(DEMO_CLASSIFIER, CPU) is not None
+    monkeypatch.setattr(models_module, "DEMO_CLASSIFIER_SHA256", "0" * 64)
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_configured_classifier(DEMO_CLASSIFIER, CPU)
+
+
+def test_labelled_phantoms_are_seeded_balanced_and_coded(tmp_path: Path) -> None:
+    first = write_labelled_set(tmp_path / "a", seed=3, per_class=3, size=96)
+    again = write_labelled_set(tmp_path / "b", seed=3, per_class=3, size=96)
+    other = write_labelled_set(tmp_path / "c", seed=4, per_class=3, size=96)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert [p.read_bytes() for p in first] != [p.read_bytes() for p in other]
+    dataset = discover_dataset(tmp_path / "a")
+    assert [label.code_value for label in dataset.labels] == ["DEMO-BENIGN", "DEMO-MALIGNANT"]
+    assert sorted(f.label for f in dataset.files) == [0, 0, 0, 1, 1, 1]
+    # The classes differ where they should: malignant outlines are rougher (perimeter^2 / area).
+    rng = np.random.default_rng(0)
+
+    def roughness(label: str) -> float:
+        mask = labelled_phantom(rng, label, 192).mask.astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        return float(cv2.arcLength(contours[0], True) ** 2 / cv2.contourArea(contours[0]))
+
+    benign = [roughness(BENIGN) for _ in range(10)]
+    malignant = [roughness(MALIGNANT) for _ in range(10)]
+    assert np.median(malignant) > 1.3 * np.median(benign)

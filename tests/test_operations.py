@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,6 +17,7 @@ from pydicom.data import get_testdata_file
 
 from samie_node.audit import AuditLog
 from samie_node.config import load_settings
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER_NAME, DEMO_CLASSIFIER_SHA256
 from samie_node.net.send import Sender
 from samie_node.spool import Spool
 from samie_node.testing.pacs import StoreSCP
@@ -157,12 +160,42 @@ def test_retrieve_by_move_and_by_get_from_orthanc(tmp_path: Path) -> None:
         assert none.returncode != 0 and "no study matched" in none.stdout
 
 
-def test_demo_runs_to_completion(tmp_path: Path) -> None:
+def _texts(item: pydicom.Dataset) -> Iterator[str]:
+    """Every TEXT value of the content tree (algorithm names and parameters among them)."""
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "TEXT":
+            yield str(child.TextValue)
+        yield from _texts(child)
+
+
+def test_demo_classifies_every_study_with_the_demonstration_model(tmp_path: Path) -> None:
+    """``samie-node demo`` on a fresh machine: every study comes back classified by the packaged demonstration
+    model, the output names it, and each SR codes the class and names the model and its checkpoint hash."""
     run = samie("demo", "--work-dir", str(tmp_path / "demo"), timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "NOT RETURNED" not in run.stdout and "no classifier" not in run.stdout
     for name in ("CT series", "ultrasound", "RGB photograph"):
-        assert name in run.stdout
-    assert "NOT RETURNED" not in run.stdout
-    assert "no classifier" in run.stdout
+        assert re.search(rf"results back for {name}: (benign|malignant)_appearing \((0\.\d\d|1\.00)\)", run.stdout), (
+            name,
+            run.stdout,
+        )
+    assert f"classifier: {DEMO_CLASSIFIER_NAME} (sha256 {DEMO_CLASSIFIER_SHA256})" in run.stdout
     pngs = [line.strip() for line in run.stdout.splitlines() if line.strip().endswith(".png")]
     assert pngs and all(Path(p).exists() for p in pngs)
+    reports = [
+        (path, ds)
+        for path in sorted((tmp_path / "demo" / "pacs").rglob("*"))
+        if path.is_file() and (ds := pydicom.dcmread(path, force=True)).get("Modality") == "SR"
+    ]
+    assert len(reports) == 3
+    for path, sr in reports:
+        assert_dciodvfy_clean(path)
+        assert DEMO_CLASSIFIER_NAME in set(_texts(sr))
+        assert f"classifier_sha256={DEMO_CLASSIFIER_SHA256}" in set(_texts(sr))
+        coded = {
+            item.ConceptCodeSequence[0].CodeValue
+            for group in sr.ContentSequence[-1].ContentSequence
+            for item in group.ContentSequence
+            if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodingSchemeDesignator == "99SAMIE"
+        }
+        assert coded in ({"DEMO-BENIGN"}, {"DEMO-MALIGNANT"}), coded

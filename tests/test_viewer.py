@@ -6,8 +6,10 @@ come back into the same studies. OHIF (the prebuilt viewer of npm ``@ohif/app``)
 headless chromium, as a person would: it loads the SEG (double-click, "Yes") and, in a fresh load, the SR.
 The checks read the screenshots: the segment colour must cover the screen pixels over the mask the SEG
 holds and be absent far from it; the SR's outline must be drawn on its image with the numbers of its
-region group beside it. A deliberately shifted SEG proves the pixel check fails when the overlay is not
-where it should be.
+region group beside it. The node classifies with the packaged demonstration model, as ``make viewer``
+does: its class and probability must be the first line beside the outline and in the SEG's name in the
+study browser and the segmentation panel. A deliberately shifted SEG proves the pixel check fails when
+the overlay is not where it should be.
 
 Screenshots are written to ``tests/viewer/screenshots-latest/``, with ``what-the-radiologist-sees.png``
 (the ultrasound's SEG and SR views side by side), which the README shows from ``docs/``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_checks import assert_dciodvfy_clean
 from peers import running_node
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -48,6 +52,7 @@ from viewer_support import (
 
 from samie_node.encode.seg import AlgorithmInfo, SegmentSpec, build_segmentation, plan_units
 from samie_node.encode.templates import load_templates
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER, DEMO_CLASSIFIER_NAME, DEMO_CLASSIFIER_SHA256
 from samie_node.testing.sample_studies import Lesion, ct_series, rgb_photograph, ultrasound_image, write_datasets
 from samie_node.uids import derive_uid
 
@@ -156,7 +161,11 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     control, control_paths = shifted_control(tmp / "control")
     with (
         running_dicomweb_orthanc(tmp / "pacs") as orthanc,
-        running_node(tmp, send={"return_to_caller": True, "return_port": orthanc.dicom_port}) as node,
+        running_node(
+            tmp,
+            send={"return_to_caller": True, "return_port": orthanc.dicom_port},
+            classifier={"checkpoint": str(DEMO_CLASSIFIER)},
+        ) as node,
     ):
         started = time.monotonic()
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
@@ -176,7 +185,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
                 "name": case.name,
                 "study": case.study_instance_uid,
                 "image": _image_to_show(case),
-                "seg": SEG_DESCRIPTION,
+                "seg": str(case.seg.SeriesDescription) if case.seg is not None else None,
                 "sr": SR_DESCRIPTION,
             }
             for case in cases.values()
@@ -320,6 +329,51 @@ def test_sr_findings_are_shown_beside_the_image(session: Session, kind: str) -> 
     ]
     assert inside.mean() > 0.9, "the SR outline does not follow the SEG's region"
     assert not [e for e in case.view["errors"] if "Error Boundary" in e], case.view["errors"]
+
+
+#: What the demonstration model's class looks like on screen: OHIF's line for the probability NUM
+#: ("<concept meaning>: <value, 2 decimals> <unit code>") and the SEG's series description.
+SHOWN_PROBABILITY = re.compile(r"Probability of (benign|malignant)-appearing \(demo\): (\d+\.\d\d) %")
+SHOWN_SEG_NAME = re.compile(r"SAM-IE segmentation - (benign|malignant)-appearing \(demo\) (\d+)%")
+
+
+def _texts(item: Dataset) -> Iterator[str]:
+    """Every TEXT value of the content tree (algorithm names and parameters among them)."""
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "TEXT":
+            yield str(child.TextValue)
+        yield from _texts(child)
+
+
+@pytest.mark.parametrize("kind", ("ultrasound", "ct"))
+def test_the_demo_models_class_is_on_screen(session: Session, kind: str, tmp_path: Path) -> None:
+    """The class the demonstration model gave the study is text the radiologist sees: beside the SR's
+    outline and as the SEG's name; the SR also codes it for machines and names the model."""
+    case = session.cases[kind]
+    assert case.sr is not None and case.seg is not None
+    shown = case.require_view("sr")["labels"]
+    line = SHOWN_PROBABILITY.fullmatch(shown[0]) if shown else None
+    assert line, f"the first line beside the outline is not the class: {shown}"
+    labels, _, _ = _shown_finding(case.sr)
+    assert shown[0] == labels[0]  # the line is the report's, not made up by the viewer
+    # The SEG's name, with the study's class, is the thumbnail the driver double-clicked and the panel's title.
+    seg_name = str(case.seg.SeriesDescription)
+    assert SHOWN_SEG_NAME.fullmatch(seg_name), seg_name
+    assert case.require_view("seg")["segmentations"][0]["label"] == seg_name
+    # For machines: the coded class and the model's name and checkpoint hash, in a valid SR.
+    path = tmp_path / "sr.dcm"
+    case.sr.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    assert DEMO_CLASSIFIER_NAME in set(_texts(case.sr))
+    assert f"classifier_sha256={DEMO_CLASSIFIER_SHA256}" in set(_texts(case.sr))
+    coded = [
+        item.ConceptCodeSequence[0].CodeValue
+        for group in _groups(case.sr)
+        for item in group.ContentSequence
+        if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodingSchemeDesignator == "99SAMIE"
+    ]
+    study_class = SHOWN_SEG_NAME.fullmatch(seg_name).group(1)  # type: ignore[union-attr]
+    assert coded == [f"DEMO-{study_class.upper()}"], coded  # the study's class, coded once
 
 
 def test_shifted_seg_is_caught_by_the_pixel_check(session: Session) -> None:

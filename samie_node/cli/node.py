@@ -487,13 +487,22 @@ def retrieve(
 @app.command(rich_help_panel="The node: administrator and operator")
 def demo(
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Keep the demo's files here.")] = None,
+    classifier: Annotated[
+        Path | None,
+        typer.Option("--classifier", help="Classifier checkpoint (default: the packaged demonstration model)."),
+    ] = None,
+    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Segment only; classify nothing.")] = False,
 ) -> None:
-    """Start a small PACS and the node on loopback, send CT, ultrasound and photo studies, show the results."""
+    """Start a small PACS and the node on loopback, send CT, ultrasound and photo studies, show the results
+    (classified by the packaged demonstration model, trained on synthetic images: not for clinical use)."""
     from samie_node.demo import run_demo
+    from samie_node.engine.demo_classifier import DEMO_CLASSIFIER
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = run_demo(Console(), work_dir=work_dir)
+        code = run_demo(
+            Console(), work_dir=work_dir, classifier=None if no_classifier else classifier or DEMO_CLASSIFIER
+        )
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
     raise typer.Exit(code)

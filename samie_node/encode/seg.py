@@ -39,6 +39,9 @@ class AlgorithmInfo:
     version: str
     weights_sha256: str
     classifier_sha256: str = ""
+    #: The classifier's own name and version (from its checkpoint), for the statements it makes.
+    classifier_name: str = ""
+    classifier_version: str = ""
 
     @property
     def model_version(self) -> str:

@@ -23,7 +23,9 @@ measurement drawn on its key image with its region group's numbers beside it. Re
 so that the report opens on the largest region; groups without image coordinates (totals,
 classification) come last, which OHIF skips (see the README's viewer section).
 
-Each group names the algorithm, its version and the hashes of its weights and classifier checkpoint.
+Each group names the algorithm, its version and the hashes of its weights and classifier checkpoint; what
+the classifier states (the class, its probabilities) names the classifier itself, by its checkpoint's name
+and version.
 Codes and wording come from ``dicom_templates/report.json``.
 """
 
@@ -121,6 +123,21 @@ def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
     )
 
 
+def _classifier_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """The classifier's own identity, on the statements it makes (class, probabilities): its name is the
+    checkpoint's, so a demonstration model says so where the class is reported."""
+    parameters = [
+        f"classifier_sha256={algorithm.classifier_sha256}",
+        f"segmenter={algorithm.name}",
+        f"weights_sha256={algorithm.weights_sha256}",
+    ]
+    return hd.sr.AlgorithmIdentification(
+        name=(algorithm.classifier_name or algorithm.name)[:64],
+        version=(algorithm.classifier_version or algorithm.version)[:64],
+        parameters=parameters,
+    )
+
+
 def _classification_group(
     templates: Templates,
     algorithm: AlgorithmInfo,
@@ -146,7 +163,7 @@ def _classification_group(
                     value=round(float(probability), 6),
                     unit=templates.report.probability_unit.concept(),
                     method=template.combination.concept(),
-                    algorithm_id=_algorithm_id(algorithm),
+                    algorithm_id=_classifier_id(algorithm),
                 )
             )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -155,7 +172,7 @@ def _classification_group(
             identifier=template.tracking_identifier,
         ),
         finding_type=template.finding_type.concept(),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=_algorithm_id(algorithm) if classification is None else _classifier_id(algorithm),
         measurements=measurements or None,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=template.evaluation_name.concept(), value=value)],
     )
@@ -183,7 +200,7 @@ def _probability_on_key_image(
         ),
         value=round(100.0 * float(probabilities[best]), 2),
         unit=templates.report.percent_unit.concept(),
-        algorithm_id=_algorithm_id(algorithm),
+        algorithm_id=_classifier_id(algorithm),
     )
 
 

@@ -256,6 +256,7 @@ class CheckpointContent:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    name: str = ""
 
     def to_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """The dict ``torch.save`` writes: plain types and tensors only."""
@@ -273,6 +274,7 @@ class CheckpointContent:
             "training": dict(self.training),
             "metrics": dict(self.metrics),
             "version": self.version,
+            "name": self.name,
             "state_dict": {key: value.detach().cpu() for key, value in state_dict.items()},
         }
 
@@ -308,6 +310,7 @@ class CheckpointContent:
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
                 version=str(data.get("version", "")),
+                name=str(data.get("name", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"classifier checkpoint is incomplete or malformed ({exc})") from exc
@@ -361,6 +364,9 @@ class Classifier:
         SHA-256 of the checkpoint file it was loaded from.
     version
         The version string the checkpoint records (samie-node version and training date).
+    name
+        The model's name as the checkpoint gives it (the SR's algorithm name for the classification),
+        else ``<arch> classifier``.
     input_mode
         ``enhanced``, ``original`` or ``both`` (the two predictions averaged).
     content
@@ -384,6 +390,7 @@ class Classifier:
         self.input_mode = content.input_mode
         self.sha256 = sha256
         self.version = content.version or f"{content.arch} {sha256[:12]}"
+        self.name = content.name or f"{content.arch} classifier"
         self.device = device
         self.precision = precision
         self.batch_size = batch_size

@@ -8,10 +8,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from samie_node import __version__
 from samie_node.config import Settings
 from samie_node.encode.seg import AlgorithmInfo
 from samie_node.engine.classify import Classifier, ClassLabel, load_classifier
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER, DEMO_CLASSIFIER_SHA256
 from samie_node.engine.device import describe_device, select_device, select_precision
 from samie_node.engine.masks import Segmenter
 from samie_node.engine.weights import load_segmenter
@@ -65,6 +68,14 @@ def engine_cache(settings: Settings) -> Path:
     return Path(base) / "samie-node"
 
 
+def load_configured_classifier(checkpoint: Path | None, device: torch.device) -> Classifier | None:
+    """The configured classifier; the packaged demonstration model must have the hash it shipped with."""
+    if checkpoint is None:
+        return None
+    shipped = checkpoint.resolve() == DEMO_CLASSIFIER
+    return load_classifier(checkpoint, device, expected_sha256=DEMO_CLASSIFIER_SHA256 if shipped else None)
+
+
 def load_models(settings: Settings) -> Models:
     """Load, warm up and describe the configured models.
 
@@ -79,12 +90,14 @@ def load_models(settings: Settings) -> Models:
     segmenter = load_segmenter(
         settings.segmenter, device, precision, runtime=settings.engine.runtime, cache_dir=engine_cache(settings)
     )
-    classifier = load_classifier(settings.classifier.checkpoint, device) if settings.classifier.checkpoint else None
+    classifier = load_configured_classifier(settings.classifier.checkpoint, device)
     algorithm = AlgorithmInfo(
         name=f"samie-node SAM-IE {segmenter.name}",
         version=f"samie-node {__version__}; {segmenter.name} {segmenter.version}",
         weights_sha256=segmenter.weights_sha256,
         classifier_sha256=classifier.sha256 if classifier is not None else "",
+        classifier_name=classifier.name if classifier is not None else "",
+        classifier_version=classifier.version if classifier is not None else "",
     )
     LOG.info(
         "models ready in %.1f s: segmenter=%s weights_sha256=%s classifier=%s device=%s precision=%s runtime=%s",

@@ -1,7 +1,8 @@
 """The radiologist's view on this machine: a PACS, the node and the OHIF viewer, with the demo studies.
 
 Run by ``scripts/viewer-demo`` (``make viewer``). It starts Orthanc with its DICOMweb plugin (the PACS),
-``samie-node serve`` (returning its results to the PACS that sent the study) and the OHIF viewer served
+``samie-node serve`` (returning its results to the PACS that sent the study, and classifying with the
+packaged demonstration model, trained on synthetic images and not for clinical use) and the OHIF viewer served
 beside a ``/dicom-web`` proxy to Orthanc, sends the three generated demo studies (a CT series, an
 ultrasound image, an RGB photograph) from Orthanc to the node, waits until each study's SEG and SR are
 back in Orthanc, prints the viewer's URLs and keeps everything running until Ctrl-C.
@@ -24,6 +25,7 @@ import pytest  # peers report a missing tool with pytest.fail
 from peers import running_node  # tests/ is on PYTHONPATH (scripts/viewer-demo), as pytest's pythonpath has it
 from viewer_support import require_viewer_parts, running_dicomweb_orthanc, running_viewer, wait_for_results
 
+from samie_node.engine.demo_classifier import DEMO_CLASSIFIER, DEMO_CLASSIFIER_NAME
 from samie_node.testing.sample_studies import ct_series, rgb_photograph, ultrasound_image, write_datasets
 
 
@@ -50,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"viewer-demo: working in {work}", flush=True)
     with (
         running_dicomweb_orthanc(work / "pacs") as orthanc,
-        running_node(work, send={"return_to_caller": True, "return_port": orthanc.dicom_port}) as node,
+        running_node(
+            work,
+            send={"return_to_caller": True, "return_port": orthanc.dicom_port},
+            classifier={"checkpoint": str(DEMO_CLASSIFIER)},
+        ) as node,
     ):
         print(f"Orthanc (PACS): http://127.0.0.1:{orthanc.http_port}/app/explorer.html, DICOM {orthanc.peer}")
         print(f"samie-node: {node.peer} (log: {node.log_path})", flush=True)
+        print(f"classifier: {DEMO_CLASSIFIER_NAME}", flush=True)
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
         for name, datasets in studies.items():
             paths = write_datasets(datasets, work / "studies" / name.replace(" ", "-"))
