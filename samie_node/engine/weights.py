@@ -192,6 +192,21 @@ def load_litemedsam(settings: SegmenterSettings, placement: Placement, *, optimi
     return _held(model, identity, settings, placement, lite=True, channels_last=optimise)
 
 
+def _read_checkpoint(checkpoint: Path, what: str, setting: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """SHA-256 and state dict (onto the CPU) of the operator's checkpoint file named by ``setting``."""
+    try:
+        with checkpoint.open("rb") as handle:
+            digest = sha256_of(handle)
+            handle.seek(0)
+            return digest, _load_state_dict(handle, what)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{what} not found ({setting} = {checkpoint})") from exc
+    except IsADirectoryError as exc:
+        raise ModelError(f"{what} is a directory, not a checkpoint file ({setting} = {checkpoint})") from exc
+    except OSError as exc:
+        raise ModelError(f"{what} cannot be read ({type(exc).__name__})") from exc
+
+
 def load_sam(
     checkpoint: Path,
     settings: SegmenterSettings,
@@ -218,15 +233,7 @@ def load_sam(
         If the file is missing or unreadable, or its tensors do not match the architecture.
     """
     what = f"SAM checkpoint {checkpoint.name}"
-    try:
-        with checkpoint.open("rb") as handle:
-            digest = sha256_of(handle)
-            handle.seek(0)
-            state = _load_state_dict(handle, what)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{what} not found (segmenter.sam_checkpoint = {checkpoint})") from exc
-    except OSError as exc:
-        raise ModelError(f"{what} cannot be read ({type(exc).__name__})") from exc
+    digest, state = _read_checkpoint(checkpoint, what, "segmenter.sam_checkpoint")
     model = build() if build is not None else _registry_builder(settings.sam_model_type)()
     _load_strict(model, state, what)
     identity = ModelIdentity(
