@@ -139,11 +139,12 @@ class SelectionSettings(_Strict):
 class SegmenterSettings(_Strict):
     """The Segment Anything model that makes the masks."""
 
-    kind: Literal["litemedsam", "sam"] = "litemedsam"
+    kind: Literal["litemedsam", "sam", "medsam"] = "litemedsam"
     mode: Literal["auto", "box"] = "auto"
     box: tuple[float, float, float, float] | None = None
     sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
     sam_checkpoint: Path | None = None
+    medsam_checkpoint: Path | None = None
     points_per_side: int = Field(default=32, ge=2, le=128)
     pred_iou_thresh: float = Field(default=0.7, ge=0, le=1)
     stability_score_thresh: float = Field(default=0.85, ge=0, le=1)
@@ -156,6 +157,11 @@ class SegmenterSettings(_Strict):
     def _sam_needs_checkpoint(self) -> SegmenterSettings:
         if self.kind == "sam" and self.sam_checkpoint is None:
             raise ValueError("segmenter.kind = 'sam' needs segmenter.sam_checkpoint (nothing is downloaded)")
+        if self.kind == "medsam" and self.medsam_checkpoint is None:
+            raise ValueError(
+                "segmenter.kind = 'medsam' needs segmenter.medsam_checkpoint, the medsam_vit_b.pth you provide "
+                "(nothing is downloaded)"
+            )
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if not (x1 > x0 and y1 > y0):

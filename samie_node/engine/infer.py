@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from samie_node.config import Settings
 from samie_node.engine.enhance import sam_ie
 from samie_node.engine.models import Models
-from samie_node.engine.prepare import PreparedFrame, prepare_dataset
+from samie_node.engine.prepare import PreparedFrame, Windowing, prepare_dataset
 from samie_node.engine.selection import Candidate
 from samie_node.errors import SamieNodeError
 from samie_node.timing import StageTimer
@@ -85,12 +85,17 @@ def count_regions(mask: np.ndarray) -> int:
 
 
 def _frames(
-    images: Sequence[Candidate], max_pixels: int, skipped: Counter[str], usable: list[Dataset], timer: StageTimer
+    images: Sequence[Candidate], settings: Settings, skipped: Counter[str], usable: list[Dataset], timer: StageTimer
 ) -> Iterator[PreparedFrame]:
+    # MedSAM sees CT and MR through the windows it was trained with (prepare.medsam_window); the SAM-IE
+    # fusion and the classifier see the same frame, so mask and image stay one picture.
+    windowing: Windowing = "medsam" if settings.segmenter.kind == "medsam" else "display"
     for candidate in images:
         started = time.perf_counter()
         try:
-            frames = prepare_dataset(pydicom.dcmread(candidate.path), max_pixels=max_pixels)
+            frames = prepare_dataset(
+                pydicom.dcmread(candidate.path), max_pixels=settings.limits.max_pixels, windowing=windowing
+            )
         except SamieNodeError as exc:
             skipped[str(exc)[:120]] += 1
             LOG.warning("instance skipped sop_instance_uid=%s: %s", candidate.header.SOPInstanceUID, exc)
@@ -151,7 +156,7 @@ def infer_study(images: Sequence[Candidate], models: Models, settings: Settings,
     probabilities: list[np.ndarray] = []
     usable: list[Dataset] = []
     skipped: Counter[str] = Counter()
-    prepared = _frames(images, settings.limits.max_pixels, skipped, usable, timer)
+    prepared = _frames(images, settings, skipped, usable, timer)
     for batch in _batches(prepared, settings.segmenter.batch_size):
         results, batch_probabilities = _run_batch(batch, models, timer)
         frames.update((result.key, result) for result in results)
