@@ -97,6 +97,7 @@ def main() -> None:
         (root / "node.toml").write_text(
             f'[node]\nhost = "127.0.0.1"\nport = {node_port}\ndata_dir = "{root / "data"}"\n'
             f"[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = {args.quiet}\npoll_interval_s = 0.1\n"
+            "[http]\nenabled = false\n"
             f'[[send.destinations]]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
         )
         orthanc = subprocess.Popen(

@@ -1,33 +1,29 @@
-"""Inference benchmark of the engine, stage by stage: prepare, encoder, decoder, enhancement, classifier.
+"""Inference benchmark of the LiteMedSAM engine against this machine's compute limit, with a Dice check.
 
 Run from the repository root::
 
-    .venv/bin/python bench/inference.py [--batch-sizes 1,8,32] [--repeats 2] [--precision fp32|bf16|auto]
-                                        [--device auto|cpu|cuda] [--threads N] [--image-size 256]
-                                        [--classifier isa_densenet|resnet50|swin_t] [--classifier-size 96]
-                                        [--baseline] [--json PATH]
+    .venv/bin/python bench/inference.py [--images 4] [--repeats 3] [--threads N] [--cache-dir PATH]
+                                        [--classifier isa_densenet|resnet50|swin_t] [--json PATH]
 
-``--batch-sizes``
-    Images per call of each stage (default 1,8,32; ``1,8`` is quicker). The encoder is called on a
-    batch tensor of exactly that many images, so the table shows what batching does on this device.
-``--repeats``
-    Timed repetitions per cell after one warm-up call; the fastest is reported (the median is in the
-    JSON), because on a shared machine the noise only ever adds time.
-``--precision``
-    fp32, bf16 (autocast) or auto (what the node would pick, see ``samie_node.engine.device``).
-``--baseline``
-    Also time the LiteMedSAM encoder as the package builds it (batch norm not folded, contiguous
-    layout) against the node's, interleaved, to show what the node's changes are worth.
-``--json``
-    Write every measurement to a JSON file as well.
+In one run it prints:
 
-Images are synthetic 256 px ultrasound-like phantoms with a bright disc, wrapped as DICOM for the prepare
-stage. The end-to-end rows add prepare, encoder, decoder and enhancement per image (the classifier is
-listed separately because the node runs without one unless configured); on a CPU they use the batch-1
-encoder time, because the node encodes one image per call there (measured faster than batching).
-The header records the device,
-the torch version, the thread count and the load average at start (other work on the machine inflates
-every number).
+1. the machine: a large fp32 and bf16 matrix product's rate (GFLOP/s, best of several, measured before and
+   after the variants), the encoder's GFLOP per image (counted with ``torch.utils.flop_counter``) and so the
+   fp32 compute limit of the encoder (GFLOP over the fp32 rate);
+2. per engine variant (the torch reference path, torch as packaged, torch bf16 autocast, OpenVINO in
+   float32 (the node's default) and bf16, the OpenVINO decoder called with the torch path's two boxes
+   at a time instead of all of an image's boxes): ms per image for the encoder, its ratio
+   to the fp32 limit, box mode's decoder (one box), the automatic mode's mask generation (its proposals
+   decoded and filtered) and both modes end to end (prepare + encoder + decoder + SAM-IE enhancement). The
+   variants run interleaved, round after round, on the same phantoms; the table shows the median round
+   (other work on a shared machine only ever adds time, and hits all variants alike);
+3. the Dice check: every variant's mask for every prompt (the automatic mode's proposals and a centre box)
+   on phantoms and pydicom's real CT, MR and ultrasound images, against the fp32 eager reference. A variant
+   whose smallest Dice is below 0.99 does not qualify as a default;
+4. the other stages at one image per call: prepare, enhancement, classifier (the node runs without one
+   unless configured, so it is not in the end-to-end rows).
+
+``--cache-dir`` is where the OpenVINO graphs are exported (default: the node's, the user's cache folder).
 """
 
 from __future__ import annotations
@@ -46,33 +42,82 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samie_node.config import EngineSettings, SegmenterSettings
+from samie_node.config import EngineSettings, SegmenterSettings, Settings
 from samie_node.engine.classify import CheckpointContent, Classifier, ClassLabel, Preprocessing, build_model
-from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device, select_precision
+from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device
 from samie_node.engine.enhance import sam_ie
+from samie_node.engine.models import engine_cache
 from samie_node.engine.prepare import prepare_dataset
-from samie_node.engine.sam import Placement
+from samie_node.engine.runtime_openvino import BOXES_PER_CALL, load_openvino
+from samie_node.engine.sam import Placement, SamSegmenter
 from samie_node.engine.weights import load_litemedsam
 from samie_node.testing.synthetic import disc_on_speckle, synthetic_us_dataset
 
+#: The Dice every mask of a default path must reach against the fp32 eager reference.
+MASK_DICE = 0.99
+#: pydicom's bundled real images for the Dice check: CT, MR, ultrasound (RGB and YBR), palette ultrasound.
+REAL_IMAGES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "examples_rgb_color.dcm",
+    "examples_ybr_color.dcm",
+    "examples_palette.dcm",
+)
+CPU = torch.device("cpu")
 
-def _time(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(fastest, median) seconds of ``repeats`` calls after one warm-up call."""
-    call()
-    times = []
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best rate of a ``size`` x ``size`` matrix product in ``dtype`` on the CPU, in GFLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return min(times), statistics.median(times)
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
 
 
-def _images(count: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[Any]]:
+def encoder_gflop(segmenter: SamSegmenter) -> float:
+    """The encoder's GFLOP for one 256 px image (multiply-adds count two)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        segmenter.model.image_encoder(torch.zeros(1, 3, 256, 256))
+    return counter.get_total_flops() / 1e9
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _variants(args: argparse.Namespace, settings: SegmenterSettings) -> dict[str, SamSegmenter]:
+    """The engine variants, the fp32 torch reference first; OpenVINO ones share one export."""
+    reference = load_litemedsam(settings, Placement(CPU, None, 1, 2))
+    packaged = load_litemedsam(settings, Placement(CPU, None, 1, 2), optimise=False)
+    bf16 = SamSegmenter(reference.model, reference.identity, settings, Placement(CPU, torch.bfloat16, 1, 2), lite=True)
+    variants = {"torch fp32 (reference)": reference, "torch fp32, as packaged": packaged, "torch bf16 autocast": bf16}
+    threads = torch.get_num_threads()
+    for precision, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
+        runtime = load_openvino(
+            reference.model, reference.weights_sha256, args.cache_dir, precision=precision, threads=threads
+        )
+        for boxes in (BOXES_PER_CALL, 2) if precision is None else (BOXES_PER_CALL,):
+            name = f"OpenVINO {label}" + ("" if boxes == BOXES_PER_CALL else f", {boxes} boxes a decoder call")
+            placement = Placement(CPU, precision, 1, boxes)
+            variants[name] = SamSegmenter(
+                reference.model, reference.identity, settings, placement, lite=True, runtime=runtime
+            )
+    return variants
+
+
+def _phantoms(count: int) -> tuple[list[np.ndarray], list[np.ndarray], list[Any]]:
     rng = np.random.default_rng(0)
-    samples = [disc_on_speckle(size, rng=rng) for _ in range(count)]
+    samples = [disc_on_speckle(256, rng=rng) for _ in range(count)]
     boxes = []
     for sample in samples:
         rows, cols = np.nonzero(sample.mask)
@@ -90,142 +135,183 @@ def _images(count: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray], 
     return [s.image for s in samples], boxes, datasets
 
 
-def _classifier(arch: str, size: int, device: torch.device, precision: torch.dtype | None) -> Classifier:
+def _round(segmenter: SamSegmenter, images: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, float]:
+    """One pass of a variant over the phantoms: ms per image of each stage."""
+    embeddings: list[Any] = []
+    encoder = _seconds(lambda: embeddings.extend(segmenter.embed([image])[0] for image in images))
+    pairs = list(zip(embeddings, boxes, strict=True))
+    box = _seconds(lambda: [segmenter._segment_boxes(e, b) for e, b in pairs])
+    auto = _seconds(lambda: [segmenter._segment_proposals(i, e) for i, e in zip(images, embeddings, strict=True)])
+    return {name: 1000 * value / len(images) for name, value in (("encoder", encoder), ("box", box), ("auto", auto))}
+
+
+def _timings(
+    variants: dict[str, SamSegmenter], images: list[np.ndarray], boxes: list[np.ndarray], repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median over interleaved rounds of each variant's stage times (one warm-up round first)."""
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for index in range(repeats + 1):
+        for name, segmenter in variants.items():
+            result = _round(segmenter, images, boxes)
+            if index:
+                rounds[name].append(result)
+    return {
+        name: {stage: statistics.median(r[stage] for r in results) for stage in results[0]}
+        for name, results in rounds.items()
+    }
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 1.0
+
+
+def _dice_images(phantoms: list[np.ndarray]) -> list[np.ndarray]:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    images = list(phantoms)
+    for name in REAL_IMAGES:
+        path = get_testdata_file(name, download=False)
+        if path is not None:
+            images.append(prepare_dataset(dcmread(str(path)), max_pixels=10**8)[0].image)
+    return images
+
+
+def _dice_check(variants: dict[str, SamSegmenter], images: list[np.ndarray]) -> dict[str, tuple[float, int, int]]:
+    """Per variant: (smallest Dice against the reference, masks at >= MASK_DICE, masks compared)."""
+    reference_name = next(iter(variants))
+    reference = variants[reference_name]
+    prompts, expected = [], []
+    for image in images:
+        height, width = image.shape[:2]
+        centre = np.array([[0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height]], np.float32)
+        prompts.append(np.concatenate([reference.proposals.boxes(image), centre]))
+        expected.append(reference.segment([image], [prompts[-1]])[0].masks)
+    checks = {}
+    for name, segmenter in variants.items():
+        scores = [
+            _dice(ours, theirs)
+            for image, boxes, truth in zip(images, prompts, expected, strict=True)
+            for ours, theirs in zip(segmenter.segment([image], [boxes])[0].masks, truth, strict=True)
+        ]
+        checks[name] = (min(scores), sum(score >= MASK_DICE for score in scores), len(scores))
+    return checks
+
+
+def _other_stages(
+    args: argparse.Namespace, segmenter: SamSegmenter, images: list[np.ndarray], datasets: list[Any]
+) -> dict[str, float]:
+    """ms per image of prepare, SAM-IE enhancement and the classifier, one image per call, median of rounds."""
     labels = [ClassLabel("a", "A", "99BENCH", "A"), ClassLabel("b", "B", "99BENCH", "B")]
-    content = CheckpointContent(arch=arch, labels=labels, input_mode="both", preprocessing=Preprocessing(size))
-    return Classifier(build_model(arch, 2), content, sha256="", device=device, precision=precision)
-
-
-def _bench_batch(
-    batch: int,
-    chunk: list[np.ndarray],
-    chunk_boxes: list[np.ndarray],
-    chunk_sets: list[Any],
-    settings: SegmenterSettings,
-    device: torch.device,
-    precision: torch.dtype | None,
-    args: argparse.Namespace,
-) -> list[tuple[str, tuple[float, float]]]:
-    """Time every stage on ``batch`` images; the encoder gets them as one batch tensor."""
-    segmenter = load_litemedsam(settings, Placement(device, precision, batch, 2 if device.type == "cpu" else 8))
-    rows = [("prepare", _time(lambda: [prepare_dataset(d, max_pixels=10**9) for d in chunk_sets], args.repeats))]
-    embeddings = segmenter.embed(chunk)
-    rows.append(("encoder (LiteMedSAM)", _time(lambda: segmenter.embed(chunk), args.repeats)))
-    pairs = list(zip(embeddings, chunk_boxes, strict=True))
-    rows.append(
-        ("decoder, box mode (1 box)", _time(lambda: [segmenter._segment_boxes(e, b) for e, b in pairs], args.repeats))
+    content = CheckpointContent(
+        arch=args.classifier, labels=labels, input_mode="both", preprocessing=Preprocessing(args.classifier_size)
     )
-    started = time.perf_counter()  # one timed pass (the decoder is warm from box mode): it is the slow stage
-    masks = [segmenter._segment_proposals(i, e) for i, e in zip(chunk, embeddings, strict=True)]
-    elapsed = time.perf_counter() - started
-    rows.append(("mask generation, automatic", (elapsed, elapsed)))
-    outputs = list(zip(chunk, masks, strict=True))
-    rows.append(("enhancement (SAM-IE)", _time(lambda: [sam_ie(i, m) for i, m in outputs], args.repeats)))
-    classifier = _classifier(args.classifier, args.classifier_size, device, precision)
-    classifier.batch_size = batch
-    enhanced = [sam_ie(i, m).image for i, m in outputs]
-    rows.append(
-        (
-            f"classifier ({args.classifier} {args.classifier_size} px, both)",
-            _time(lambda: classifier.predict(chunk, enhanced), args.repeats),
+    classifier = Classifier(build_model(args.classifier, 2), content, sha256="", device=CPU, precision=None)
+    classifier.batch_size = 1
+    masks = [segmenter._segment_proposals(i, segmenter.embed([i])[0]) for i in images]
+    enhanced = [sam_ie(i, m).image for i, m in zip(images, masks, strict=True)]
+    stages: dict[str, Callable[[], object]] = {
+        "prepare (DICOM to 8-bit RGB)": lambda: [prepare_dataset(d, max_pixels=10**9) for d in datasets],
+        "SAM-IE enhancement": lambda: [sam_ie(i, m) for i, m in zip(images, masks, strict=True)],
+        f"classifier ({args.classifier} {args.classifier_size} px, original + enhanced)": lambda: [
+            classifier.predict([i], [e]) for i, e in zip(images, enhanced, strict=True)
+        ],
+    }
+    result = {}
+    for name, call in stages.items():
+        call()
+        result[name] = 1000 * statistics.median(_seconds(call) for _ in range(args.repeats)) / len(images)
+    return result
+
+
+def _print(console: Console, report: dict[str, Any]) -> None:
+    machine = report["machine"]
+    console.print(
+        f"fp32 matrix product {machine['fp32_gflops']:.0f} GFLOP/s, bf16 {machine['bf16_gflops']:.0f} GFLOP/s "
+        f"(best of the runs before and after); encoder {machine['encoder_gflop']:.1f} GFLOP per image; "
+        f"fp32 limit {machine['fp32_limit_ms']:.0f} ms per image (bf16: {machine['bf16_limit_ms']:.0f} ms)"
+    )
+    table = Table(title="LiteMedSAM engine variants, ms per image (median of interleaved rounds)")
+    columns = ("variant", "encoder", "x fp32 limit", "box decoder", "auto masks", "box e2e", "auto e2e", "Dice min")
+    for column in (*columns, f"masks >= {MASK_DICE}"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, row in report["variants"].items():
+        table.add_row(
+            name,
+            f"{row['encoder']:.0f}",
+            f"{row['encoder'] / machine['fp32_limit_ms']:.2f}",
+            f"{row['box']:.0f}",
+            f"{row['auto']:.0f}",
+            f"{row['box_e2e']:.0f}",
+            f"{row['auto_e2e']:.0f}",
+            f"{row['dice_min']:.4f}",
+            f"{row['dice_ok']}/{row['dice_n']}",
         )
-    )
-    return rows
+    console.print(table)
+    stages = Table(title="other stages (one image per call), ms per image")
+    stages.add_column("stage")
+    stages.add_column("ms", justify="right")
+    for name, value in report["stages"].items():
+        stages.add_row(name, f"{value:.1f}")
+    console.print(stages)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--cache-dir", type=Path, default=engine_cache(Settings()))
     parser.add_argument("--classifier", choices=["isa_densenet", "resnet50", "swin_t"], default="isa_densenet")
     parser.add_argument("--classifier-size", type=int, default=96)
-    parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    batch_sizes = [int(v) for v in args.batch_sizes.split(",") if v]
-
-    engine = EngineSettings(device=args.device, precision=args.precision, torch_threads=args.threads)
-    device = select_device(engine)
-    precision = select_precision(engine, device)
+    select_device(EngineSettings(device="cpu", torch_threads=args.threads))
     console = Console() if sys.stdout.isatty() else Console(width=160)  # whole table in a log
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
-        f"device: {describe_device(device)} ({device.type}); torch {torch.__version__}; "
-        f"threads {torch.get_num_threads()}; precision {precision or 'fp32'}; native CPU bf16 "
-        f"{'yes' if cpu_has_native_bf16() else 'no'}; load average at start {load:.2f}"
+        f"device: {describe_device(CPU)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"native CPU bf16 {'yes' if cpu_has_native_bf16() else 'no'}; load average at start {load:.2f}"
     )
     console.print(header)
-
-    biggest = max(batch_sizes)
-    images, boxes, datasets = _images(biggest, args.image_size)
-    results: list[dict[str, Any]] = []
-
-    def record(stage: str, batch: int, seconds: tuple[float, float], per: int) -> None:
-        best, median = seconds
-        results.append(
-            {
-                "stage": stage,
-                "batch": batch,
-                "ms_per_image": 1000 * best / per,
-                "images_per_s": per / best,
-                "median_ms_per_image": 1000 * median / per,
-            }
-        )
-
+    rates = [(matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16))]
     settings = SegmenterSettings()
-    for batch in batch_sizes:
-        for stage, seconds in _bench_batch(
-            batch, images[:batch], boxes[:batch], datasets[:batch], settings, device, precision, args
-        ):
-            record(stage, batch, seconds, batch)
-
-    if args.baseline:
-        plain = load_litemedsam(settings, Placement(device, precision, 1, 2), optimise=False)
-        tuned = load_litemedsam(settings, Placement(device, precision, 1, 2))
-        # interleaved, so a burst of other work on the machine hits both alike
-        pairs = [
-            (_time(lambda: plain.embed(images[:1]), 1), _time(lambda: tuned.embed(images[:1]), 1))
-            for _ in range(max(3, args.repeats))
-        ]
-        record("encoder as packaged (baseline)", 1, (min(p[0][0] for p in pairs), min(p[0][1] for p in pairs)), 1)
-        record("encoder as the node runs it", 1, (min(p[1][0] for p in pairs), min(p[1][1] for p in pairs)), 1)
-
-    per_stage: dict[tuple[str, int], float] = {(r["stage"], r["batch"]): r["ms_per_image"] for r in results}
-    for batch in batch_sizes:
-        # the node encodes one image per call on a CPU (faster there), a whole batch on a GPU
-        encoder_batch = 1 if device.type == "cpu" and 1 in batch_sizes else batch
-        common = (
-            per_stage[("prepare", batch)]
-            + per_stage[("encoder (LiteMedSAM)", encoder_batch)]
-            + per_stage[("enhancement (SAM-IE)", batch)]
-        )
-        for stage, decoder in (
-            ("end to end, box mode", "decoder, box mode (1 box)"),
-            ("end to end, automatic mode", "mask generation, automatic"),
-        ):
-            total = common + per_stage[(decoder, batch)]
-            results.append(
-                {
-                    "stage": stage,
-                    "batch": batch,
-                    "ms_per_image": total,
-                    "images_per_s": 1000 / total,
-                    "median_ms_per_image": None,
-                }
-            )
-
-    table = Table(title="samie-node engine inference")
-    for column in ("stage", "batch", "ms / image", "images / s"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
-    for row in results:
-        table.add_row(row["stage"], str(row["batch"]), f"{row['ms_per_image']:.1f}", f"{row['images_per_s']:.2f}")
-    console.print(table)
+    variants = _variants(args, settings)
+    gflop = encoder_gflop(variants["torch fp32 (reference)"])
+    images, boxes, datasets = _phantoms(args.images)
+    timings = _timings(variants, images, boxes, args.repeats)
+    rates.append((matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)))
+    checks = _dice_check(variants, _dice_images(images[:2]))
+    stages = _other_stages(args, variants["OpenVINO fp32"], images, datasets)
+    fp32, bf16 = max(r[0] for r in rates), max(r[1] for r in rates)
+    common = stages["prepare (DICOM to 8-bit RGB)"] + stages["SAM-IE enhancement"]
+    report: dict[str, Any] = {
+        "header": header,
+        "machine": {
+            "fp32_gflops": fp32,
+            "bf16_gflops": bf16,
+            "rates_before_after": rates,
+            "encoder_gflop": gflop,
+            "fp32_limit_ms": 1000 * gflop / fp32,
+            "bf16_limit_ms": 1000 * gflop / bf16,
+        },
+        "variants": {
+            name: {
+                **row,
+                "box_e2e": common + row["encoder"] + row["box"],
+                "auto_e2e": common + row["encoder"] + row["auto"],
+                "dice_min": checks[name][0],
+                "dice_ok": checks[name][1],
+                "dice_n": checks[name][2],
+            }
+            for name, row in timings.items()
+        },
+        "stages": stages,
+    }
+    _print(console, report)
     if args.json:
-        args.json.write_text(json.dumps({"header": header, "results": results}, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -84,7 +84,7 @@ def samie_node(work: Path, port: int) -> Iterator[str]:
     config = work / "samie.toml"
     config.write_text(
         f'[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'
-        "[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = 3600\n",
+        "[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = 3600\n[http]\nenabled = false\n",
         encoding="utf-8",
     )
     with process([sys.executable, "-m", "samie_node", "serve", "--config", str(config)], port, work):

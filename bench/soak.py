@@ -144,6 +144,7 @@ def main() -> None:
         config.write_text(
             f'[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{root / "data"}"\n'
             "[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = 2.0\npoll_interval_s = 0.2\n"
+            "[http]\nenabled = false\n"
             "[send]\nbackoff_initial_s = 1.0\nbackoff_max_s = 10.0\nmax_attempts = 1000\n"
             f'[[send.destinations]]\nae_title = "SOAKPACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n'
         )

@@ -3,6 +3,9 @@
 Events carry UIDs, peers, counts and timings, never patient names, IDs or birth dates: callers pass only
 those fields, and :meth:`AuditLog.record` refuses keys that name PHI so a mistake fails in tests rather
 than leaking in production.
+
+Listeners (:meth:`AuditLog.subscribe`) see every event as it is recorded, also when the file is disabled:
+the Prometheus metrics count audited events, so the trail and the counters always agree.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -47,13 +52,28 @@ class AuditLog:
         """The node's audit trail as configured (``[audit]``): a file, or nothing when disabled."""
         return cls(settings.audit_path if settings.audit.enabled else None)
 
+    @property
+    def path(self) -> Path | None:
+        """The file events go to, or None when auditing is disabled."""
+        return self._path
+
+    def subscribe(self, listener: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Call ``listener(event, fields)`` for every event from now on (in the recording thread; it must be
+        quick and must not raise: an exception is logged and the event is still recorded)."""
+        self._listeners.append(listener)
+
     def record(self, event: str, **fields: Any) -> None:
         """Append one event; ``fields`` must be JSON-serialisable and free of PHI."""
-        if self._fd is None:
-            return
         bad = _PHI_KEYS.intersection(fields)
         if bad:
             raise ValueError(f"audit fields must not carry PHI: {sorted(bad)}")
+        for listener in self._listeners:
+            try:
+                listener(event, fields)
+            except Exception:  # a broken listener must not cost the unit of work that recorded the event
+                LOG.exception("audit listener failed for event=%s", event)
+        if self._fd is None:
+            return
         line = json.dumps({"time": round(self._clock(), 3), "event": event, **fields}, sort_keys=True, default=str)
         with self._lock:
             try:

@@ -2,8 +2,10 @@
 
 Files are grouped into studies by Study Instance UID; each study goes through the same pipeline as a
 pushed one, and its SEG, SR, overlays and PNG previews are written to ``OUT/<StudyInstanceUID>/``, and
-optionally sent to a destination. A ``result.json`` written last marks a study done for a model version:
-a re-run skips it unless forced, so an interrupted batch resumes where it stopped.
+optionally sent to a destination. Several studies are in flight at once through the same scheduler as
+the node's worker, so with the Ray backend a folder of many small studies keeps every worker busy and a
+large one spreads over all of them. A ``result.json`` written last marks a study done for a model
+version: a re-run skips it unless forced, so an interrupted batch resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import pydicom
 from samie_node.config import Peer, Settings
 from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates
-from samie_node.engine.models import Models
-from samie_node.errors import SamieNodeError
+from samie_node.engine.backend import Engine
+from samie_node.engine.models import ModelsInfo
+from samie_node.engine.selection import Selection
+from samie_node.errors import ModelError, SamieNodeError
 from samie_node.files import write_atomically
 from samie_node.net.send import calling_ae_title, store_files
-from samie_node.pipeline import StudyResult, process_study
+from samie_node.pipeline import StudyResult, encode_study, load_images
 from samie_node.previews import write_previews
+from samie_node.scheduler import FinishedStudy, Scheduler
+from samie_node.timing import StageTimer
 from samie_node.uids import is_valid_uid
 
 LOG = logging.getLogger("samie_node.batch")
@@ -85,76 +91,83 @@ def write_result(result: StudyResult, folder: Path) -> tuple[list[Path], list[Pa
     return written, previews
 
 
-def process_paths(
-    paths: Sequence[Path],
-    out_dir: Path,
-    *,
-    models: Models,
-    templates: Templates,
-    settings: Settings,
-    destination: Peer | None = None,
-    force: bool = False,
-    on_study: Callable[[StudyOutcome], None] | None = None,
-) -> tuple[list[StudyOutcome], int]:
-    """Process every study found under ``paths``; returns the outcomes and the count of unusable files."""
-    studies, unusable = group_by_study(paths)
-    outcomes = []
-    for study_uid, files in studies.items():
-        outcome = _process_one(study_uid, files, out_dir, models, templates, settings, destination, force)
-        outcomes.append(outcome)
-        if on_study is not None:
-            on_study(outcome)
-    return outcomes, unusable
+@dataclass(frozen=True)
+class _Job:
+    files: list[Path]
+    selection: Selection
 
 
-def _process_one(
-    study_uid: str,
-    files: list[Path],
-    out_dir: Path,
-    models: Models,
-    templates: Templates,
-    settings: Settings,
-    destination: Peer | None,
-    force: bool,
-) -> StudyOutcome:
-    folder = out_dir / study_uid
-    marker = folder / RESULT_FILE
-    model_version = models.algorithm.model_version
-    if marker.exists() and not force:
+@dataclass(frozen=True)
+class _Batch:
+    """One ``process`` run: what it writes where, and to whom it sends."""
+
+    out_dir: Path
+    models: ModelsInfo
+    templates: Templates
+    settings: Settings
+    destination: Peer | None
+    force: bool
+
+    def already_done(self, study_uid: str, files: list[Path]) -> StudyOutcome | None:
+        """The earlier outcome when ``result.json`` says the study was done with these models."""
+        marker = self.out_dir / study_uid / RESULT_FILE
+        if not marker.exists() or self.force:
+            return None
         try:
             previous = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            previous = {}
-        if previous.get("model_version") == model_version:
-            return StudyOutcome(
-                study_uid,
-                "skipped",
-                len(files),
-                previous.get("outputs", []),
-                previous.get("previews", []),
-                previous.get("summary", {}),
-            )
-    try:
-        result = process_study(
-            files,
-            models,
-            templates,
-            settings,
-            overlays_for_destinations=bool(destination and destination.secondary_capture),
+            return None
+        if previous.get("model_version") != self.models.algorithm.model_version:
+            return None
+        return StudyOutcome(
+            study_uid,
+            "skipped",
+            len(files),
+            previous.get("outputs", []),
+            previous.get("previews", []),
+            previous.get("summary", {}),
         )
-        written, previews = write_result(result, folder)
-    except SamieNodeError as exc:
-        LOG.warning("study failed study_instance_uid=%s: %s", study_uid, exc)
-        return StudyOutcome(study_uid, "failed", len(files), error=str(exc))
-    outcome = StudyOutcome(
-        study_uid,
-        "done",
-        len(files),
-        [str(p) for p in written],
-        [str(p) for p in previews],
-        result.summary.to_dict(),
-    )
-    if destination is not None:
+
+    def finish(self, finished: FinishedStudy, job: _Job) -> StudyOutcome:
+        """Encode and write a study the engine finished, send it when asked, then mark it done."""
+        study_uid = finished.key
+        try:
+            if finished.inference is None:
+                raise SamieNodeError(finished.error)
+            result = encode_study(
+                job.selection,
+                finished.inference,
+                self.models,
+                self.templates,
+                self.settings,
+                finished.timer,
+                overlays_for_destinations=bool(self.destination and self.destination.secondary_capture),
+            )
+            written, previews = write_result(result, self.out_dir / study_uid)
+        except SamieNodeError as exc:
+            LOG.warning("study failed study_instance_uid=%s: %s", study_uid, exc)
+            return StudyOutcome(study_uid, "failed", len(job.files), error=str(exc))
+        outcome = StudyOutcome(
+            study_uid,
+            "done",
+            len(job.files),
+            [str(p) for p in written],
+            [str(p) for p in previews],
+            result.summary.to_dict(),
+        )
+        if self.destination is not None:
+            self._send(outcome, written, result, self.destination)
+        if outcome.sent is not False:
+            record = {
+                "model_version": self.models.algorithm.model_version,
+                "outputs": outcome.outputs,
+                "previews": outcome.previews,
+                "summary": outcome.summary,
+            }
+            write_atomically(self.out_dir / study_uid / RESULT_FILE, json.dumps(record, indent=2).encode("utf-8"))
+        return outcome
+
+    def _send(self, outcome: StudyOutcome, written: list[Path], result: StudyResult, destination: Peer) -> None:
         try:
             to_send = [
                 p
@@ -162,18 +175,64 @@ def _process_one(
                 if o.for_all_destinations or destination.secondary_capture
             ]
             store_files(
-                destination, to_send, calling_ae_title=calling_ae_title(settings), timeout_s=settings.send.timeout_s
+                destination,
+                to_send,
+                calling_ae_title=calling_ae_title(self.settings),
+                timeout_s=self.settings.send.timeout_s,
             )
             outcome.sent = True
         except SamieNodeError as exc:
             outcome.sent = False
             outcome.error = str(exc)
-    if outcome.sent is not False:
-        record = {
-            "model_version": model_version,
-            "outputs": outcome.outputs,
-            "previews": outcome.previews,
-            "summary": outcome.summary,
-        }
-        write_atomically(marker, json.dumps(record, indent=2).encode("utf-8"))
-    return outcome
+
+
+def process_paths(
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    engine: Engine,
+    templates: Templates,
+    settings: Settings,
+    destination: Peer | None = None,
+    force: bool = False,
+    on_study: Callable[[StudyOutcome], None] | None = None,
+    on_images: Callable[[int], None] | None = None,
+    wait_for_engine_s: float = 120.0,
+) -> tuple[list[StudyOutcome], int]:
+    """Process every study found under ``paths``; returns the outcomes (in the order the studies were
+    found) and the count of unusable files.
+
+    Raises
+    ------
+    ModelError
+        If the engine reports no models within ``wait_for_engine_s`` (a Ray cluster unreachable or
+        without workers).
+    """
+    studies, unusable = group_by_study(paths)
+    models = engine.models_info(wait_s=wait_for_engine_s)
+    if models is None:
+        raise ModelError(f"the engine has no worker after {wait_for_engine_s:.0f} s: {engine.state().message}")
+    batch = _Batch(out_dir, models, templates, settings, destination, force)
+    outcomes: dict[str, StudyOutcome] = {}
+    jobs: dict[str, _Job] = {}
+    scheduler = Scheduler(engine, settings, on_chunk=(lambda _key, n: on_images(n)) if on_images else None)
+
+    def record(outcome: StudyOutcome) -> None:
+        outcomes[outcome.study_instance_uid] = outcome
+        if on_study is not None:
+            on_study(outcome)
+
+    queue = list(studies.items())
+    while queue or len(scheduler):
+        while queue and scheduler.room() > 0:
+            study_uid, files = queue.pop(0)
+            if (previous := batch.already_done(study_uid, files)) is not None:
+                record(previous)
+                continue
+            timer = StageTimer()
+            with timer.stage("load"):
+                jobs[study_uid] = _Job(files, load_images(files, settings))
+            scheduler.add(study_uid, jobs[study_uid].selection.images, timer)
+        for finished in scheduler.step(timeout_s=1.0):
+            record(batch.finish(finished, jobs.pop(finished.key)))
+    return [outcomes[uid] for uid in studies if uid in outcomes], unusable

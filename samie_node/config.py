@@ -11,9 +11,18 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from samie_node.errors import ConfigError
@@ -47,6 +56,7 @@ class TlsSettings(_Strict):
 class Peer(_Strict):
     """A remote application entity: a destination, a PACS to retrieve from, an echo target."""
 
+    kind: Literal["dimse"] = "dimse"
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
@@ -77,6 +87,64 @@ class Peer(_Strict):
             return cls(ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]), name="")
         except ValidationError as exc:
             raise ConfigError(f"invalid peer {text!r}: {exc.errors()[0]['msg']}") from exc
+
+
+_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class DicomwebPeer(_Strict):
+    """A destination that takes results over DICOMweb STOW-RS (PS3.18) instead of C-STORE.
+
+    ``url`` is the DICOMweb service root (the node posts to ``{url}/studies``). Authentication is HTTP
+    basic (``username`` and ``password``) or a bearer token (``token`` or ``token_file``); ``ca_certificates``
+    verifies an HTTPS server signed by a private CA.
+    """
+
+    kind: Literal["dicomweb"]
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    ca_certificates: Path | None = None
+    secondary_capture: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _DESTINATION_NAME.match(value):
+            raise ValueError("a DICOMweb destination's name is 1-64 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("a DICOMweb destination's url starts with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> DicomwebPeer:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic authentication needs both username and password")
+        if self.username is not None and (self.token is not None or self.token_file is not None):
+            raise ValueError("give basic authentication or a bearer token, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The destination as the outbox, ``resend --to`` and the metrics name it."""
+        return f"{DICOMWEB_PREFIX}{self.name}"
+
+
+DICOMWEB_PREFIX = "dicomweb:"
+
+#: A result destination: a DIMSE peer (the default kind, as configs before DICOMweb wrote them) or DICOMweb.
+Destination = Annotated[
+    Annotated[Peer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")],
+    Discriminator(lambda v: (v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)) or "dimse"),
+]
 
 
 class AllowedPeer(_Strict):
@@ -176,11 +244,30 @@ class ClassifierSettings(_Strict):
 
 
 class EngineSettings(_Strict):
-    """Where the models run."""
+    """Where the models run, and how studies share them.
+
+    ``backend = "local"`` runs the models in the node's process; ``"ray"`` runs them in Ray actors (the
+    ``ray`` extra), on this machine (``ray_address = ""``) or on a cluster (``"auto"``, ``"HOST:PORT"`` or
+    ``"ray://HOST:PORT"``). Either way studies are cut into chunks of ``chunk_images`` images, and the chunk
+    that runs next belongs to the study with the fewest images left, so a small study never waits for a
+    large one to finish.
+    """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     torch_threads: int = Field(default=0, ge=0)
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    workers: int = Field(default=1, ge=1, le=1024)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    ray_object_store_mb: int = Field(default=0, ge=0)
+    chunk_images: int = Field(default=2, ge=1, le=1024)
+    max_studies_in_flight: int = Field(default=8, ge=1, le=1000)
+    max_chunk_attempts: int = Field(default=3, ge=1, le=100)
+    reconnect_interval_s: float = Field(default=10.0, gt=0)
+    runtime: Literal["openvino", "torch"] = "openvino"
+    cache_dir: Path | None = None
 
 
 class OutputSettings(_Strict):
@@ -189,6 +276,7 @@ class OutputSettings(_Strict):
     sr: bool = True
     keep_empty_frames: bool = True
     max_overlays: int = Field(default=8, ge=1, le=1000)
+    max_segments: int = Field(default=20, ge=1, le=100)
     manufacturer: str = "samie-node"
     series_number_seg: int = 9901
     series_number_sr: int = 9902
@@ -198,7 +286,7 @@ class OutputSettings(_Strict):
 class SendSettings(_Strict):
     """How results travel back to the PACS."""
 
-    destinations: list[Peer] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     return_to_caller: bool = False
     return_port: int | None = Field(default=None, ge=1, le=65535)
     calling_ae_title: str | None = None
@@ -208,8 +296,8 @@ class SendSettings(_Strict):
     timeout_s: float = Field(default=30.0, gt=0)
 
     def peer(self, text: str) -> Peer:
-        """The configured destination named ``AE@HOST:PORT`` (with its TLS and options), else that peer as
-        parsed.
+        """The configured DIMSE destination named ``AE@HOST:PORT`` (with its TLS and options), else that peer
+        as parsed.
 
         Raises
         ------
@@ -217,7 +305,48 @@ class SendSettings(_Strict):
             If ``text`` is not of that form.
         """
         wanted = Peer.parse(text)
-        return next((peer for peer in self.destinations if peer.label == wanted.label), wanted)
+        return next(
+            (peer for peer in self.destinations if isinstance(peer, Peer) and peer.label == wanted.label), wanted
+        )
+
+    def destination(self, text: str) -> Peer | DicomwebPeer:
+        """A destination as the outbox and ``resend --to`` name it: ``dicomweb:NAME`` for a configured
+        DICOMweb destination, else ``AE@HOST:PORT`` as :meth:`peer` reads it.
+
+        Raises
+        ------
+        ConfigError
+            If ``text`` names no configured DICOMweb destination or is not ``AE@HOST:PORT``.
+        """
+        if text.startswith(DICOMWEB_PREFIX):
+            for peer in self.destinations:
+                if isinstance(peer, DicomwebPeer) and peer.label == text:
+                    return peer
+            raise ConfigError(f"no DICOMweb destination named {text.removeprefix(DICOMWEB_PREFIX)!r} is configured")
+        return self.peer(text)
+
+
+class HttpSettings(_Strict):
+    """The node's web face: operator console, ``/metrics``, ``/healthz``, ``/readyz`` and STOW-RS in.
+
+    Read-only pages are open to whoever reaches ``host:port`` (loopback by default); actions that change
+    state and STOW-RS need the token (``Authorization: Bearer``, or the console's login form).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    token: str | None = Field(default=None, min_length=16)
+    token_file: Path | None = None
+    show_phi: bool = False
+    tls: bool = False
+    max_request_bytes: int = Field(default=4 * 1024**3, ge=1024)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> HttpSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give http.token or http.token_file, not both")
+        return self
 
 
 class AuditSettings(_Strict):
@@ -241,6 +370,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     _environment_overrides: ClassVar[bool] = True

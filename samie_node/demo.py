@@ -53,6 +53,7 @@ def demo_settings(work: Path, node_port: int, pacs_port: int, quiet_period_s: fl
             "node": {"host": "127.0.0.1", "port": node_port, "data_dir": str(work / "node")},
             "limits": {"disk_floor_bytes": 0},
             "study": {"quiet_period_s": quiet_period_s, "poll_interval_s": 0.2},
+            "http": {"enabled": False},  # a short run on loopback; 8765 may be another node's
             "send": {"destinations": [{"ae_title": "DEMO_PACS", "host": "127.0.0.1", "port": pacs_port}]},
         },
     )

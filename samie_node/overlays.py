@@ -65,7 +65,7 @@ class OverlaySeries:
 
     def picture(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The image with the mask's outline and the not-for-diagnosis caption burned in."""
-        rgb = self.templates.segments.segments[0].display_rgb
+        rgb = self.templates.segments.colour(1)
         return burn_outline(image, mask, self.templates.report.overlay_caption, rgb)
 
     def add(self, source: Dataset, frame: FrameResult, image: np.ndarray) -> Dataset | None:

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     UNIQUE (sop_instance_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outputs_state ON outputs (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at REAL NOT NULL);
 """
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from samie_node.config import Peer
+from samie_node.config import DicomwebPeer, Peer
 from samie_node.net.send import Sender
 from samie_node.spool import OutputRecord, Spool
 
@@ -25,7 +25,7 @@ def resend(
     sender: Sender,
     outputs: Sequence[OutputRecord],
     *,
-    to: Peer | None = None,
+    to: Peer | DicomwebPeer | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ResendSummary:
     """Queue ``outputs`` again and deliver them, one association per destination.

@@ -7,7 +7,7 @@ import logging
 from samie_node.audit import AuditLog
 from samie_node.config import Settings
 from samie_node.encode.templates import load_templates
-from samie_node.engine.models import load_models
+from samie_node.engine.backend import open_engine
 from samie_node.net.send import Sender
 from samie_node.node import Node
 from samie_node.spool import Spool
@@ -17,17 +17,24 @@ LOG = logging.getLogger("samie_node.runtime")
 
 
 def build_node(settings: Settings) -> Node:
-    """Open the spool and audit trail, load the models and build the node with its worker and sender.
+    """Open the spool and audit trail, open the engine and build the node with its worker, sender and (when
+    enabled) its HTTP server.
 
-    Models are loaded before the listener starts so that a wrong checkpoint stops ``serve`` with a clear
-    error instead of failing every study later.
+    The local engine loads its models before the listener starts, so that a wrong checkpoint stops
+    ``serve`` with a clear error instead of failing every study later. The Ray engine starts its workers
+    in the background: a cluster that is not there yet must not stop the node from receiving.
     """
     templates = load_templates()
-    models = load_models(settings)
+    engine = open_engine(settings)
     spool = Spool(settings.node.data_dir, fsync=settings.node.fsync)
     audit = AuditLog.for_settings(settings)
     if not settings.send.destinations and not settings.send.return_to_caller:
         LOG.warning("no destination configured: results are written to %s and not sent", settings.outbox_dir)
-    worker = Worker(settings, spool, audit, models, templates)
+    worker = Worker(settings, spool, audit, engine, templates)
     sender = Sender(settings, spool, audit)
-    return Node(settings, spool=spool, audit=audit, services=[worker, sender])
+    node = Node(settings, spool=spool, audit=audit, services=[worker, sender], engine=engine, on_stop=[worker.close])
+    if settings.http.enabled:
+        from samie_node.http.server import HttpServer
+
+        node.servers.append(HttpServer(node, sender))
+    return node

@@ -276,6 +276,55 @@ class Spool:
         )
         return self._study_from_row(rows[0]) if rows else None
 
+    def studies_page(
+        self, *, state: StudyState | None = None, since: float = 0.0, limit: int = 50, offset: int = 0
+    ) -> tuple[list[StudyRecord], int]:
+        """One page of studies, newest first, in ``state`` (any when None) and first received at or after
+        ``since`` (seconds since the epoch); also the number of studies matching."""
+        where = "WHERE s.first_received >= ?" + (" AND s.state = ?" if state else "")
+        params: tuple[Any, ...] = (since, state) if state else (since,)
+        total = int(self._query(f"SELECT COUNT(*) FROM studies s {where}", params)[0][0])
+        rows = self._query(
+            f"SELECT {self._STUDY_COLUMNS} FROM studies s {where} ORDER BY s.first_received DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [self._study_from_row(r) for r in rows], total
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """Studies by state, outputs by state, and the bytes of the stored instances (for metrics)."""
+        studies = dict(self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
+        outputs = dict(self._query("SELECT state, COUNT(*) FROM outputs GROUP BY state"))
+        stored = int(self._query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0])
+        return studies, outputs, stored
+
+    def outbox_by_destination(self) -> dict[str, tuple[dict[str, int], float | None, str]]:
+        """Per destination: outputs by state, when the last one was delivered, and the latest error."""
+        found: dict[str, tuple[dict[str, int], float | None, str]] = {}
+        for destination, state, count, sent_at in self._query(
+            "SELECT destination, state, COUNT(*), MAX(sent_at) FROM outputs GROUP BY destination, state"
+        ):
+            counts, last_sent, _ = found.get(destination, ({}, None, ""))
+            counts[state] = count
+            found[destination] = (counts, max(last_sent or 0.0, sent_at or 0.0) or None, "")
+        for destination, error in self._query(
+            "SELECT destination, last_error FROM outputs WHERE id IN"
+            " (SELECT MAX(id) FROM outputs WHERE last_error != '' GROUP BY destination)"
+        ):
+            counts, last_sent, _ = found[destination]
+            found[destination] = (counts, last_sent, error)
+        return found
+
+    def check_writable(self) -> None:
+        """Write to the index (one row of its own), for readiness checks.
+
+        Raises
+        ------
+        SpoolError
+            If the index cannot be written (read-only, full, locked for longer than the timeout).
+        """
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (self._clock(),))
+
     def mark_quiet_studies_ready(self, quiet_period_s: float) -> list[str]:
         """Move studies with no new instance for ``quiet_period_s`` from receiving to ready."""
         now = self._clock()
@@ -368,6 +417,19 @@ class Spool:
     @staticmethod
     def _output_from_row(r: tuple[Any, ...]) -> OutputRecord:
         return OutputRecord(r[0], r[1], r[2], r[3], Path(r[4]), r[5], r[6], r[7], r[8], r[9])
+
+    def still_due(self, outputs: Sequence[OutputRecord]) -> list[OutputRecord]:
+        """Those of ``outputs`` still pending or retrying, as the index holds them now (two senders in one
+        process, the node's loop and a resend from the console, must not deliver the same output twice)."""
+        if not outputs:
+            return []
+        marks = ",".join("?" * len(outputs))
+        rows = self._query(
+            f"SELECT {self._OUTPUT_COLUMNS} FROM outputs WHERE id IN ({marks}) AND state IN ('pending', 'retrying')"
+            " ORDER BY id",
+            tuple(o.id for o in outputs),
+        )
+        return [self._output_from_row(r) for r in rows]
 
     def due_outputs(self, limit: int = 100) -> list[OutputRecord]:
         """Outputs pending or retrying whose next attempt time has come, oldest first."""

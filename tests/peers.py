@@ -145,6 +145,7 @@ def node_config(tmp: Path, port: int, **sections: dict[str, Any]) -> Path:
     base: dict[str, dict[str, Any]] = {
         "node": {"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "data")},
         "study": {"quiet_period_s": 1.0, "poll_interval_s": 0.2},
+        "http": {"port": free_port()},  # the default 8765 may be taken by another node on the machine
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
@@ -177,10 +178,11 @@ class Orthanc:
         plugins: list[str] | None = None,
         ae_title: str = "ORTHANC",
         extra_config: dict[str, Any] | None = None,
+        http_port: int | None = None,
     ) -> None:
         require_tool(ORTHANC_BINARY)
         self.tmp = tmp
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.dicom_port = free_port()
         self.ae_title = ae_title
         storage = tmp / "orthanc-storage"

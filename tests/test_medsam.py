@@ -26,17 +26,15 @@ from skimage import transform
 
 from samie_node.config import SegmenterSettings, load_settings
 from samie_node.encode.seg import AlgorithmInfo
-from samie_node.engine.infer import infer_study
+from samie_node.engine.infer import SourceImage, run_chunk
 from samie_node.engine.masks import MaskSet
 from samie_node.engine.medsam import MEDSAM_SIZE, MedSamSegmenter, medsam_input, medsam_resize
 from samie_node.engine.models import Models
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import Placement, SamSegmenter
-from samie_node.engine.selection import Candidate
 from samie_node.engine.weights import load_medsam, load_segmenter
 from samie_node.errors import ConfigError, ModelError
 from samie_node.testing.sample_studies import ultrasound_image
-from samie_node.timing import StageTimer
 
 MODEL_SEED = 7
 
@@ -260,8 +258,7 @@ def test_the_engine_prepares_ct_for_the_configured_model(tmp_path: Path, checkpo
     settings = load_settings(overrides={"segmenter": {"kind": kind, "medsam_checkpoint": checkpoint}})
     segmenter = _Recording()
     models = Models(segmenter, None, AlgorithmInfo("test", "1", "0" * 64), "cpu")
-    candidate = Candidate(path, pydicom.dcmread(path, stop_before_pixels=True))
-    infer_study([candidate], models, settings, StageTimer())
+    run_chunk([SourceImage(str(pydicom.dcmread(path).SOPInstanceUID), path.read_bytes())], models, settings)
     windowing, other = ("medsam", "display") if kind == "medsam" else ("display", "medsam")
     assert len(segmenter.images) == 1
     assert np.array_equal(segmenter.images[0], _frame(pydicom.dcmread(path), windowing))

@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 from samie_node.config import Settings, load_settings
 from samie_node.encode.part10 import encode_file
 from samie_node.encode.templates import Templates, load_templates
-from samie_node.engine.models import Models, load_models
+from samie_node.engine.backend import LocalEngine
+from samie_node.engine.models import load_models
 from samie_node.errors import NoImagesError
 from samie_node.pipeline import StudyResult, process_study
 from samie_node.testing.sample_studies import (
@@ -34,8 +35,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="module")
-def models(settings: Settings) -> Models:
-    return load_models(settings)
+def models(settings: Settings) -> LocalEngine:
+    return LocalEngine(load_models(settings), settings)
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +80,19 @@ def check_outputs(result: StudyResult, folder: Path, sources: list[Path]) -> dic
                 ).get("NumberOfFrames", 1)
                 or 1
             )
+            numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
             for frame in range(1, frames + 1):
                 if frames > 1:
-                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=[1])[0, ..., 0]
+                    read = seg.get_pixels_by_source_frame(sop_uid, [frame], segment_numbers=numbers)[0]
                 else:
-                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=[1])[0, ..., 0]
-                assert np.array_equal(read.astype(bool), result.mask(sop_uid, frame)), (sop_uid, frame)
+                    read = seg.get_pixels_by_source_instance([sop_uid], segment_numbers=numbers)[0]
+                # segment by segment, each region's mask; together, the union SAM-IE enhanced with
+                assert np.array_equal(read.astype(bool).any(axis=-1), result.mask(sop_uid, frame)), (sop_uid, frame)
+                if not result.regions[str(seg.SOPInstanceUID)]:
+                    continue  # an empty result: one empty "No region" segment
+                for plane, number in enumerate(numbers):
+                    expected = result.segment_mask(str(seg.SOPInstanceUID), number, sop_uid, frame)
+                    assert np.array_equal(read[..., plane].astype(bool), expected), (sop_uid, frame, number)
     [sr_path] = written["SR"]
     sr = hd.sr.srread(sr_path)
     assert str(sr.StudyInstanceUID) == result.study_instance_uid
@@ -106,15 +114,15 @@ def ct_study(tmp_path: Path) -> Iterator[tuple[list[Path], object]]:
 
 
 def test_ct_series_seg_and_sr(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, lesion = ct_study
     result = process_study(paths, models, templates, settings)
     written = check_outputs(result, tmp_path / "out", paths)
     assert len(written["SEG"]) == 1 and len(written["SR"]) == 1
     seg = hd.seg.segread(written["SEG"][0])
-    assert int(seg.NumberOfFrames) == 4  # empty frames kept
-    assert seg.SegmentSequence[0].SegmentLabel == "SAM region"
+    assert int(seg.NumberOfFrames) == 4 * len(seg.SegmentSequence)  # empty frames kept, for every segment
+    assert seg.SegmentSequence[0].SegmentLabel == "Region 1"
     assert "RecommendedDisplayCIELabValue" in seg.SegmentSequence[0]
     assert result.summary.classification is None
     # The bright sphere is found on the middle slices.
@@ -128,7 +136,7 @@ def test_ct_series_seg_and_sr(
 
 
 def test_sr_states_plainly_that_no_classifier_was_used(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, _ = ct_study
     result = process_study(paths, models, templates, settings)
@@ -136,7 +144,9 @@ def test_sr_states_plainly_that_no_classifier_was_used(
     texts: list[str] = []
     sr.walk(lambda _ds, element: texts.append(str(element.value)) if element.VR in ("UT", "LO", "SH") else None)
     assert any("No classifier configured" in t for t in texts)
-    assert any(models.algorithm.weights_sha256 in t for t in texts)  # the algorithm's weights hash is recorded
+    assert any(
+        models.models_info().algorithm.weights_sha256 in t for t in texts
+    )  # the algorithm's weights hash is recorded
 
 
 @pytest.mark.parametrize(
@@ -149,7 +159,9 @@ def test_sr_states_plainly_that_no_classifier_was_used(
         "examples_palette.dcm",  # palette colour ultrasound
     ],
 )
-def test_bundled_files(name: str, models: Models, templates: Templates, settings: Settings, tmp_path: Path) -> None:
+def test_bundled_files(
+    name: str, models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
     path = bundled(name)
     result = process_study([path], models, templates, settings)
     written = check_outputs(result, tmp_path / "out", [path])
@@ -157,7 +169,7 @@ def test_bundled_files(name: str, models: Models, templates: Templates, settings
 
 
 def test_generated_ultrasound_and_photograph(
-    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     for factory in (ultrasound_image, rgb_photograph):
         dataset, lesion = factory()
@@ -171,7 +183,7 @@ def test_generated_ultrasound_and_photograph(
 
 
 def test_multiframe_without_frame_of_reference_gets_overlays(
-    models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     dataset, _ = ultrasound_cine(frames=3)  # a cine loop without a frame of reference, as scanners send
     [path] = write_datasets([dataset], tmp_path / "cine")
@@ -188,7 +200,7 @@ def test_multiframe_without_frame_of_reference_gets_overlays(
 
 
 def test_bad_instances_are_skipped_and_the_study_goes_on(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     paths, _ = ct_study
     truncated = tmp_path / "truncated.dcm"
@@ -202,13 +214,13 @@ def test_bad_instances_are_skipped_and_the_study_goes_on(
     assert any("not an image" in reason for reason in skipped)
 
 
-def test_study_without_images_fails_clearly(models: Models, templates: Templates, settings: Settings) -> None:
+def test_study_without_images_fails_clearly(models: LocalEngine, templates: Templates, settings: Settings) -> None:
     with pytest.raises(NoImagesError, match="no processable image"):
         process_study([bundled("test-SR.dcm"), bundled("rtplan.dcm")], models, templates, settings)
 
 
 def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates, settings: Settings, tmp_path: Path
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
 ) -> None:
     # Found by the receive fuzz test: a dataset whose own SOP Class UID is garbage (the C-STORE request's
     # class was valid, so it was stored) made highdicom fail with a KeyError while copying attributes.
@@ -225,7 +237,7 @@ def test_source_with_a_malformed_uid_is_skipped_not_an_internal_error(
 
 
 def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
-    ct_study: tuple[list[Path], object], models: Models, templates: Templates
+    ct_study: tuple[list[Path], object], models: LocalEngine, templates: Templates
 ) -> None:
     paths, _ = ct_study
     settings = load_settings(None, {"engine": {"device": "cpu"}, "output": {"sr": False}})
@@ -236,3 +248,39 @@ def test_sr_can_be_turned_off_and_overlays_are_numbered_in_their_series(
     numbers = [int(o.dataset.InstanceNumber) for o in result.outputs if o.kind == "SC"]
     assert len(numbers) >= 2, "the sphere shows on several slices"
     assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_the_class_is_written_where_the_viewer_shows_it(templates: Templates, tmp_path: Path) -> None:
+    """With a classifier, each region's group opens with the class probability of its key image (the first
+    line OHIF draws beside the outline), the SEG's series description names the study's class, and the
+    classification group says how the per-image probabilities were combined."""
+    from test_classify import _saved
+
+    checkpoint, _ = _saved(tmp_path)
+    settings = load_settings(None, {"engine": {"device": "cpu"}, "classifier": {"checkpoint": str(checkpoint)}})
+    models = LocalEngine(load_models(settings), settings)
+    dataset, _ = ultrasound_image()
+    [path] = write_datasets([dataset], tmp_path / "us")
+    result = process_study([path], models, templates, settings)
+    written = check_outputs(result, tmp_path / "out", [path])
+    classification = result.summary.classification
+    assert classification is not None and classification.label in ("benign", "malignant")
+    meaning = {"benign": "Benign finding", "malignant": "Malignant finding"}[classification.label]
+    seg = pydicom.dcmread(written["SEG"][0])
+    assert seg.SeriesDescription == f"SAM-IE segmentation - {meaning} {classification.probability:.0%}"
+    sr = hd.sr.srread(written["SR"][0])
+    groups = sr.ContentSequence[-1].ContentSequence  # Imaging Measurements
+    first = next(g for g in groups if any(i.ValueType == "NUM" for i in g.ContentSequence))
+    number = next(i for i in first.ContentSequence if i.ValueType == "NUM")
+    assert number.ConceptNameCodeSequence[0].CodeMeaning.startswith("Probability of ")
+    assert number.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert 50.0 <= float(number.MeasuredValueSequence[0].NumericValue) <= 100.0
+    methods = [
+        item.ConceptCodeSequence[0].CodeMeaning
+        for group in groups
+        for num in group.ContentSequence
+        if num.ValueType == "NUM"
+        for item in num.get("ContentSequence", [])
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"
+    ]
+    assert methods == ["Mean of the per-image probabilities"] * 2

@@ -9,6 +9,7 @@ reaches validation accuracy 0.91-0.97 (AUC 0.95-1.0) over seeds 0-2 in 7-12 s.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from samie_node.cli import app
 from samie_node.engine.classify import load_classifier, save_checkpoint
+from samie_node.engine.compare import compare
 from samie_node.engine.dataset import EnhancementCache, discover_dataset, split_files
 from samie_node.engine.evaluate import evaluate_checkpoint
 from samie_node.engine.train import TrainConfig, TrainResult, train_classifier
@@ -81,15 +83,33 @@ def test_checkpoint_reloads_and_predicts_the_same(trained: TrainResult, lesions:
     assert report.sha256 == digest
 
 
-def test_compare_trains_an_originals_baseline_on_the_same_split(
-    trained: TrainResult, lesions: Path, tmp_path: Path
-) -> None:
-    path = tmp_path / "lesions.pt"
+def test_compare_trains_both_arms_on_one_split(lesions: Path) -> None:
+    config = replace(CONFIG, epochs=2, validation_fraction=0.2)
+    result = compare(lesions, [config], segmenter=ThresholdSegmenter(), device=CPU)
+    assert [(arm.arch, arm.input_mode) for arm in result.arms] == [
+        ("isa_densenet", "original"),
+        ("isa_densenet", "enhanced"),
+    ]
+    assert len(result.validation_files) == 32 and result.seed == config.seed
+    for arm in result.arms:  # both arms evaluated on the same 32 images, with intervals around their figures
+        evaluation = arm.evaluation
+        assert evaluation.count == 32 and np.asarray(evaluation.confusion).sum() == 32
+        assert evaluation.accuracy_ci is not None and evaluation.auc is not None and evaluation.auc_ci is not None
+        assert evaluation.accuracy_ci[0] <= evaluation.accuracy <= evaluation.accuracy_ci[1]
+        assert evaluation.auc_ci[0] <= evaluation.auc <= evaluation.auc_ci[1]
+    assert json.loads(json.dumps(result.to_dict()))["arms"][1]["input_mode"] == "enhanced"
+    again = compare(lesions, [config], segmenter=ThresholdSegmenter(), device=CPU)
+    assert again.validation_files == result.validation_files  # the same split for the same seed
+
+
+def test_a_checkpoint_of_one_arm_is_refused_on_the_other(trained: TrainResult, lesions: Path, tmp_path: Path) -> None:
+    path = tmp_path / "both.pt"
     save_checkpoint(path, trained.model, trained.content)
-    report = evaluate_checkpoint(path, lesions, segmenter=ThresholdSegmenter(), device=CPU, compare=True, epochs=2)
-    assert report.baseline is not None and report.baseline_input_mode == "original"
-    assert report.baseline.count == report.evaluation.count == 32
-    assert json.loads(json.dumps(report.to_dict()))["baseline"]["count"] == 32
+    assert trained.content.input_mode == "both"
+    with pytest.raises(InvalidInputError, match="trained on both images and cannot be evaluated on enhanced"):
+        evaluate_checkpoint(path, lesions, segmenter=ThresholdSegmenter(), device=CPU, input_mode="enhanced")
+    report = evaluate_checkpoint(path, lesions, segmenter=ThresholdSegmenter(), device=CPU, input_mode="both")
+    assert report.evaluation.count == 32
 
 
 def test_enhancements_are_cached_by_file_and_segmenter(tmp_path: Path) -> None:
@@ -184,3 +204,13 @@ def test_cli_train_and_evaluate_with_litemedsam(tmp_path: Path) -> None:
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["split"] == "validation" and report["evaluation"]["count"] == 4
     assert report["sha256"] == classifier.sha256
+
+    # the comparison from the command line, on the cached enhancements of the same tiny set
+    args = ["compare", str(root), "--epochs", "1", "--image-size", "32", "--batch-size", "4"]
+    result = runner.invoke(app, [*args, "--validation-fraction", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout[result.stdout.index("{") :])
+    assert [arm["input_mode"] for arm in comparison["arms"]] == ["original", "enhanced"]
+    assert all(arm["evaluation"]["count"] == 4 for arm in comparison["arms"])
+    result = runner.invoke(app, ["evaluate", str(root), "--checkpoint", str(checkpoint), "--input-mode", "original"])
+    assert result.exit_code == 2 and "cannot be evaluated on original" in " ".join(result.output.split())

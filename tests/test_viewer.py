@@ -29,6 +29,7 @@ import numpy as np
 import pydicom
 import pytest
 from peers import running_node
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from viewer_support import (
     SCREENSHOTS,
@@ -45,17 +46,25 @@ from viewer_support import (
     wait_for_results,
 )
 
-from samie_node.encode.seg import AlgorithmInfo, build_segmentation, plan_units
+from samie_node.encode.seg import AlgorithmInfo, SegmentSpec, build_segmentation, plan_units
 from samie_node.encode.templates import load_templates
 from samie_node.testing.sample_studies import Lesion, ct_series, rgb_photograph, ultrasound_image, write_datasets
 from samie_node.uids import derive_uid
 
 pytestmark = pytest.mark.slow
 
-KINDS = ("ct", "ultrasound", "photograph")
+KINDS = ("ct", "ultrasound", "photograph")  # generated, with a known lesion
+REPORTED = (*KINDS, "real_ct")  # pydicom's CT_small too: a real thoracic slice
+#: Where CT_small's structures lie, (column0, row0, column1, row1) in its 128 x 128 pixels, read off the
+#: image (the README's contact sheet shows it): the vertebral body, the spinal canal, the descending aorta.
+CT_SMALL_STRUCTURES = {
+    "vertebral body": (44, 6, 78, 46),
+    "spinal canal": (48, 42, 70, 62),
+    "aorta": (84, 0, 112, 24),
+}
 SEG_DESCRIPTION = load_templates().segments.series_description
 SR_DESCRIPTION = load_templates().report.series_description
-SEGMENT_RGB: tuple[int, int, int] = load_templates().segments.segments[0].display_rgb
+SEGMENT_RGB: tuple[int, int, int] = load_templates().segments.colour(1)  # region 1, the largest
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Case:
 
     name: str
     sources: list[Dataset]
-    lesion: Lesion
+    lesion: Lesion | None
     seg: hd.seg.Segmentation | None = None
     sr: Dataset | None = None
     view: dict[str, Any] = field(default_factory=dict)
@@ -95,12 +104,17 @@ class Session:
     timings: dict[str, float]
 
 
-def _studies() -> dict[str, tuple[list[Dataset], Lesion]]:
-    # 128 x 128 slices: at 256 x 256 the embedded engine outlines the whole body disc, not the lesion.
+def _studies() -> dict[str, tuple[list[Dataset], Lesion | None]]:
     ct, ct_lesion = ct_series(slices=6, rows=128, columns=128, seed=71)
     us, us_lesion = ultrasound_image(rows=300, columns=400, seed=72)
     photo, photo_lesion = rgb_photograph(rows=320, columns=320, seed=73)
-    return {"ct": (ct, ct_lesion), "ultrasound": ([us], us_lesion), "photograph": ([photo], photo_lesion)}
+    real_ct = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    return {
+        "ct": (ct, ct_lesion),
+        "ultrasound": ([us], us_lesion),
+        "photograph": ([photo], photo_lesion),
+        "real_ct": ([real_ct], None),
+    }
 
 
 def shifted_control(folder: Path) -> tuple[Case, list[Path]]:
@@ -116,6 +130,7 @@ def shifted_control(folder: Path) -> tuple[Case, list[Path]]:
     seg = build_segmentation(
         unit,
         {unit.frame_keys[0]: shifted[None]},
+        [SegmentSpec(1, "Region 1", SEGMENT_RGB)],
         templates=load_templates(),
         algorithm=AlgorithmInfo("negative control", "shifted by a third of the image", "0" * 64),
         series_instance_uid=derive_uid(study, "shifted-seg-series"),
@@ -152,7 +167,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             assert len(returned["SEG"]) == 1 and len(returned["SR"]) == 1, {k: len(v) for k, v in returned.items()}
             case.seg = hd.seg.segread(io.BytesIO(returned["SEG"][0]))
             case.sr = pydicom.dcmread(io.BytesIO(returned["SR"][0]))
-        timings["node: three studies to SEG and SR in Orthanc (s)"] = time.monotonic() - started
+        timings["node: four studies to SEG and SR in Orthanc (s)"] = time.monotonic() - started
         for path in control_paths:
             orthanc.upload(path)
         views = [
@@ -213,13 +228,14 @@ def _seg_mask(case: Case, geometry: ScreenGeometry) -> np.ndarray:
 def test_seg_overlay_lies_over_the_mask(session: Session, kind: str) -> None:
     case = session.cases[kind]
     seg_view = case.require_view("seg")
-    assert seg_view["segmentations"] and seg_view["segmentations"][0]["segments"][0]["label"] == "SAM region"
+    assert seg_view["segmentations"] and seg_view["segmentations"][0]["segments"][0]["label"] == "Region 1"
     geometry = ScreenGeometry.from_driver(seg_view["geometry"])
     assert ScreenGeometry.from_driver(seg_view["geometry_before"]).same_placement(geometry), "the camera moved"
     mask = _seg_mask(case, geometry)
     before, after = case.shot(seg_view["before"]), case.shot(seg_view["after"])
     # The geometry is right: the mask lies on the lesion as the screenshot shows it.
     assert abs(image_contrast(before, geometry, mask)) > 20
+    assert case.lesion is not None
     lesion = case.lesion.mask(geometry.rows, geometry.columns)
     assert (mask & lesion).sum() > 0.5 * min(mask.sum(), lesion.sum()), "the node's mask misses the lesion"
     check = check_overlay(before, after, geometry, mask, SEGMENT_RGB)
@@ -255,7 +271,32 @@ def _shown_finding(sr: Dataset) -> tuple[list[str], np.ndarray, str]:
     raise AssertionError("the report has no measurement with image coordinates: OHIF can show none of it")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+def test_real_ct_shows_a_region_on_its_anatomy(session: Session) -> None:
+    """pydicom's CT_small through Orthanc: OHIF draws a region on the vertebra, the canal or the aorta."""
+    case = session.cases["real_ct"]
+    assert case.seg is not None
+    seg_view = case.require_view("seg")
+    geometry = ScreenGeometry.from_driver(seg_view["geometry"])
+    numbers = [int(item.SegmentNumber) for item in case.seg.SegmentSequence]
+    pixels = case.seg.get_pixels_by_source_instance([geometry.sop_instance_uid], segment_numbers=numbers)[0]
+    found = []
+    for plane, number in enumerate(numbers):
+        mask = np.asarray(pixels[..., plane]).astype(bool)
+        if not mask.any():
+            continue
+        rows, columns = np.nonzero(mask)
+        centre = (columns.mean(), rows.mean())
+        for name, (c0, r0, c1, r1) in CT_SMALL_STRUCTURES.items():
+            if c0 <= centre[0] <= c1 and r0 <= centre[1] <= r1:
+                found.append((number, name, mask))
+    assert found, "no region of the SEG lies on the vertebra, the spinal canal or the aorta"
+    number, name, mask = found[0]
+    before, after = case.shot(seg_view["before"]), case.shot(seg_view["after"])
+    check = check_overlay(before, after, geometry, mask, load_templates().segments.colour(number))
+    assert check.ok, f"region {number} ({name}) not drawn: {check}"
+
+
+@pytest.mark.parametrize("kind", REPORTED)
 def test_sr_findings_are_shown_beside_the_image(session: Session, kind: str) -> None:
     case = session.cases[kind]
     assert case.sr is not None
@@ -265,7 +306,7 @@ def test_sr_findings_are_shown_beside_the_image(session: Session, kind: str) -> 
     # The SR opens on its key image, with the region's numbers beside the outline...
     assert geometry.sop_instance_uid == image
     assert sr_view["labels"] == labels
-    assert any(label.startswith("Number of segmented regions: ") for label in labels)
+    assert any(label.startswith("Area: ") for label in labels)
     # ... and the outline is drawn where the SEG's region is.
     screenshot = case.shot(sr_view["screenshot"])
     assert outline_drawn(screenshot, geometry, outline) > 0.8

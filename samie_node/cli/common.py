@@ -27,6 +27,15 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (see config/samie-node.toml).")
 ]
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the spool, outbox and index.")]
+EngineOption = Annotated[
+    str | None, typer.Option("--engine", help="Where the models run: local (this process) or ray (Ray actors).")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="With --engine ray: '' starts Ray here; auto, HOST:PORT or ray://HOST:PORT joins."
+    ),
+]
 
 
 def configure_logging(verbose: bool) -> None:
@@ -75,3 +84,16 @@ def counts_table(title: str, rows: list[tuple[str, int]]) -> Table:
     for label, count in rows:
         table.add_row(label, str(count))
     return table
+
+
+def engine_overrides(engine: str | None, ray_address: str | None) -> dict[str, Any]:
+    """``--engine`` and ``--ray-address`` as settings overrides (``--ray-address`` implies ``--engine ray``)."""
+    if engine is not None and engine not in ("local", "ray"):
+        raise fail("--engine is local or ray")
+    values: dict[str, Any] = {}
+    if engine is not None:
+        values["backend"] = engine
+    if ray_address is not None:
+        values["ray_address"] = ray_address
+        values.setdefault("backend", "ray")
+    return {"engine": values} if values else {}

@@ -18,10 +18,15 @@ from samie_node.errors import SamieNodeError
 def _segmenter(settings: Settings) -> tuple[Any, Any]:
     """The configured segmenter, loaded on the device the settings ask for, and that device."""
     from samie_node.engine.device import select_device, select_precision
+    from samie_node.engine.models import engine_cache
     from samie_node.engine.weights import load_segmenter
 
     device = select_device(settings.engine)
-    return load_segmenter(settings.segmenter, device, select_precision(settings.engine, device)), device
+    precision = select_precision(settings.engine, device)
+    segmenter = load_segmenter(
+        settings.segmenter, device, precision, runtime=settings.engine.runtime, cache_dir=engine_cache(settings)
+    )
+    return segmenter, device
 
 
 def _segmenter_overrides(segmenter: str | None, sam_checkpoint: Path | None) -> dict[str, Any]:
@@ -160,21 +165,40 @@ def train(
     console.print(f"wrote {out} (sha256 {digest}); {summary}")
 
 
+def _metric(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def _evaluation_row(name: str, mode: str, result: Any) -> list[str]:
+    return [
+        name,
+        mode,
+        _metric(result.accuracy, result.accuracy_ci),
+        _metric(result.auc, result.auc_ci),
+        str(result.confusion),
+    ]
+
+
+_EVALUATION_COLUMNS = ("model", "input", "accuracy [95% CI]", "ROC AUC [95% CI]", "confusion (rows: truth)")
+
+
 @app.command(rich_help_panel="The models")
 def evaluate(
     dataset: Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Classifier checkpoint.")],
+    input_mode: Annotated[
+        str | None, typer.Option("--input-mode", help="original, enhanced or both: refuse a checkpoint of another.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    compare: Annotated[
-        bool, typer.Option("--compare", help="Also train an originals-only baseline on the same split.")
-    ] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs of the baseline.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Enhanced-image cache.")] = None,
     config: ConfigOption = None,
     segmenter: SegmenterOption = None,
     sam_checkpoint: SamCheckpointOption = None,
 ) -> None:
-    """Report accuracy, ROC AUC and the confusion matrix of a checkpoint on its validation split."""
+    """Report accuracy and ROC AUC (95% bootstrap intervals) and the confusion matrix of a checkpoint on its
+    validation split."""
     from samie_node.engine.dataset import settings_digest
     from samie_node.engine.evaluate import evaluate_checkpoint
     from samie_node.engine.progress import RichProgress
@@ -191,8 +215,7 @@ def evaluate(
                 device=device,
                 cache_dir=cache_dir,
                 settings_digest=settings_digest(settings.segmenter),
-                compare=compare,
-                epochs=epochs,
+                input_mode=input_mode,
                 progress=progress,
             )
     except SamieNodeError as exc:
@@ -201,14 +224,80 @@ def evaluate(
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     table = Table(title=f"{checkpoint.name} on the {report.split} split ({report.evaluation.count} images)")
-    for column in ("model", "input", "accuracy", "ROC AUC", "confusion (rows: truth)"):
+    for column in _EVALUATION_COLUMNS:
         table.add_column(column)
-    rows = [("checkpoint", report.input_mode, report.evaluation)]
-    if report.baseline is not None:
-        rows.append(("baseline", report.baseline_input_mode or "original", report.baseline))
-    for name, mode, result in rows:
-        auc = f"{result.auc:.3f}" if result.auc is not None else "n/a"
-        table.add_row(name, mode, f"{result.accuracy:.3f}", auc, str(result.confusion))
+    table.add_row(*_evaluation_row("checkpoint", report.input_mode, report.evaluation))
     Console().print(table)
     if not report.segmenter_matches:
         console.print("[yellow]note:[/yellow] the configured segmenter is not the one the checkpoint was trained with")
+
+
+@app.command(rich_help_panel="The models")
+def compare(
+    dataset: Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")],
+    arch: Annotated[
+        list[str] | None, typer.Option("--arch", help="resnet50, swin_t or isa_densenet (repeatable).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs of every arm.")] = 10,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Network input side.")] = 96,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step.")] = 16,
+    validation_fraction: Annotated[float, typer.Option("--validation-fraction", min=0.05, max=0.9)] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the training.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Enhanced-image cache.")] = None,
+    config: ConfigOption = None,
+    segmenter: SegmenterOption = None,
+    sam_checkpoint: SamCheckpointOption = None,
+) -> None:
+    """Train each architecture on original and on SAM-IE enhanced images (same split and seed) and report
+    both arms side by side: the SAM-IE comparison on your own labelled data."""
+    from samie_node.engine.classify import ARCHITECTURES
+    from samie_node.engine.compare import compare as run_compare
+    from samie_node.engine.dataset import settings_digest
+    from samie_node.engine.progress import RichProgress
+    from samie_node.engine.train import TrainConfig
+
+    archs = arch or ["isa_densenet"]
+    if any(a not in ARCHITECTURES for a in archs):
+        raise fail(f"choose --arch from {ARCHITECTURES}")
+    settings = settings_from(config, _segmenter_overrides(segmenter, sam_checkpoint))
+    configs = [
+        TrainConfig(
+            arch=a,
+            epochs=epochs,
+            batch_size=batch_size,
+            image_size=image_size,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            max_pixels=settings.limits.max_pixels,
+        )
+        for a in archs
+    ]
+    console = Console(stderr=True)
+    try:
+        model, device = _segmenter(settings)
+        with RichProgress(console) as progress:
+            result = run_compare(
+                dataset,
+                configs,
+                segmenter=model,
+                device=device,
+                cache_dir=cache_dir,
+                settings_digest=settings_digest(settings.segmenter),
+                progress=progress,
+            )
+    except SamieNodeError as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    title = (
+        f"SAM-IE comparison on {dataset} ({result.train_count} training, {len(result.validation_files)} validation"
+        f" files, seed {result.seed})"
+    )
+    table = Table(title=title)
+    for column in _EVALUATION_COLUMNS:
+        table.add_column(column)
+    for arm in result.arms:
+        table.add_row(*_evaluation_row(arm.arch, arm.input_mode, arm.evaluation))
+    Console().print(table)

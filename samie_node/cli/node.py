@@ -1,5 +1,5 @@
-"""The node's commands, for the PACS administrator and the operator: serve, echo, status, resend, process,
-retrieve, demo."""
+"""The node's commands, for the PACS administrator and the operator: serve, echo, status, resend, reprocess,
+process, retrieve, demo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,17 +17,25 @@ from samie_node.audit import AuditLog
 from samie_node.cli.common import (
     ConfigOption,
     DataDirOption,
+    EngineOption,
+    RayAddressOption,
     app,
     configure_logging,
     counts_table,
     data_dir_override,
+    engine_overrides,
     fail,
     open_spool,
     settings_from,
 )
-from samie_node.config import Peer, load_settings
+from samie_node.config import Peer, Settings, load_settings
 from samie_node.errors import SamieNodeError
-from samie_node.status import study_statuses
+from samie_node.status import engine_line, read_engine_state, study_statuses
+
+if TYPE_CHECKING:  # these import torch and highdicom: only the commands that need them load them
+    from samie_node.batch import StudyOutcome
+    from samie_node.encode.templates import Templates
+    from samie_node.engine.backend import Engine
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
@@ -40,11 +48,13 @@ def serve(
         list[str] | None,
         typer.Option("--destination", help="Where results go, AE@HOST:PORT (repeatable)."),
     ] = None,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every instance.")] = False,
 ) -> None:
     """Run the node: receive studies, process them, send SEG and SR back."""
     configure_logging(verbose)
-    overrides: dict[str, Any] = {"node": {}}
+    overrides: dict[str, Any] = {"node": {}, **engine_overrides(engine, ray_address)}
     if ae_title is not None:
         overrides["node"]["ae_title"] = ae_title
     if port is not None:
@@ -100,6 +110,7 @@ def status(
     settings = settings_from(config, data_dir_override(data_dir))
     spool = open_spool(settings, fsync=False)
     studies = study_statuses(spool)
+    engine_state = read_engine_state(spool)
     spool.close()
     if as_json:
         typer.echo(json.dumps([study.to_dict() for study in studies], indent=2))
@@ -115,7 +126,9 @@ def status(
             f"{study.sent}/{len(study.outputs)}",
             study.reason[:60],
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(engine_line(engine_state, sum(1 for study in studies if study.state == "ready")))
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
@@ -125,7 +138,9 @@ def resend(
     since: Annotated[str | None, typer.Option("--since", help="Studies dated on or after YYYYMMDD.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only results waiting for a retry.")] = False,
     dead: Annotated[bool, typer.Option("--dead", help="Only results that gave up (dead letters).")] = False,
-    to: Annotated[str | None, typer.Option("--to", help="Send to this AE@HOST:PORT instead.")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Send to this AE@HOST:PORT (or dicomweb:NAME) instead.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be sent; send nothing.")] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -141,7 +156,7 @@ def resend(
     if since is not None and not (len(since) == 8 and since.isdigit()):
         raise fail("--since takes a date as YYYYMMDD")
     try:
-        target = Peer.parse(to) if to else None
+        target = settings.send.destination(to) if to else None
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
     spool = open_spool(settings)
@@ -182,6 +197,30 @@ def resend(
 
 
 @app.command(rich_help_panel="The node: administrator and operator")
+def reprocess(
+    study: Annotated[list[str] | None, typer.Option("--study", help="Study Instance UID (repeatable).")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed study.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Queue done or failed studies for processing again by the running node (results are replaced)."""
+    from samie_node.reprocess import reprocess as run_reprocess
+
+    settings = settings_from(config, data_dir_override(data_dir))
+    if not (study or failed):
+        raise fail("give --study or --failed")
+    spool = open_spool(settings)
+    uids = list(study or []) + ([s.study_instance_uid for s in spool.studies("failed")] if failed else [])
+    summary = run_reprocess(spool, uids)
+    AuditLog.for_settings(settings).record("studies_requeued", studies=summary.queued, by="cli")
+    spool.close()
+    console = Console()
+    console.print(counts_table("reprocess", [("queued", len(summary.queued)), ("left alone", len(summary.skipped))]))
+    for uid, why in summary.skipped:
+        console.print(f"left alone {uid}: {why}")
+
+
+@app.command(rich_help_panel="The node: administrator and operator")
 def process(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders.", exists=True)],
     out: Annotated[Path, typer.Option("--out", help="Folder for SEG, SR and PNG previews.")],
@@ -190,66 +229,99 @@ def process(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Process studies already done for this model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    engine: EngineOption = None,
+    ray_address: RayAddressOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the pipeline over files and folders offline (no PACS needed); resumable."""
-    from rich.progress import Progress
-
-    from samie_node.batch import StudyOutcome, group_by_study, process_paths
+    from samie_node.batch import group_by_study
     from samie_node.encode.templates import load_templates
-    from samie_node.engine.models import load_models
+    from samie_node.engine.backend import open_engine
 
     configure_logging(False)
-    settings = settings_from(config)
+    settings = settings_from(config, engine_overrides(engine, ray_address))
     try:
         peer = settings.send.peer(destination) if destination else None
         templates = load_templates()
-        models = load_models(settings)
+        backend = open_engine(settings)
     except SamieNodeError as exc:
         raise fail(str(exc)) from exc
     console = Console(stderr=as_json)
     studies, _ = group_by_study(paths)
-    with Progress(console=console, disable=as_json) as progress:
-        task = progress.add_task("processing studies", total=len(studies))
-
-        def advance(outcome: StudyOutcome) -> None:
-            progress.advance(task)
-
-        outcomes, unusable = process_paths(
-            paths,
-            out,
-            models=models,
-            templates=templates,
-            settings=settings,
-            destination=peer,
-            force=force,
-            on_study=advance,
+    try:
+        outcomes, unusable = _run_batch(
+            paths, out, backend, templates, settings, peer, force, studies, console, as_json
         )
+    except SamieNodeError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        backend.close()
     if as_json:
         typer.echo(
             json.dumps({"studies": [o.__dict__ for o in outcomes], "unusable_files": unusable}, indent=2, default=str)
         )
     else:
-        table = Table(title=f"processed into {out}")
-        for column in ("Study Instance UID", "state", "files", "outputs", "note"):
-            table.add_column(column)
-        for o in outcomes:
-            note = o.error or ("sent" if o.sent else "")
-            table.add_row(o.study_instance_uid, o.state, str(o.files), str(len(o.outputs)), note[:60])
-        console.print(table)
-        console.print(
-            counts_table(
-                "summary",
-                [
-                    ("done", sum(o.state == "done" for o in outcomes)),
-                    ("skipped (already done)", sum(o.state == "skipped" for o in outcomes)),
-                    ("failed", sum(o.state == "failed" or o.sent is False for o in outcomes)),
-                    ("files that are not usable DICOM", unusable),
-                ],
-            )
-        )
+        _print_batch(console, out, outcomes, unusable)
     if any(o.state == "failed" or o.sent is False for o in outcomes):
         raise typer.Exit(1)
+
+
+def _run_batch(
+    paths: list[Path],
+    out: Path,
+    backend: Engine,
+    templates: Templates,
+    settings: Settings,
+    peer: Peer | None,
+    force: bool,
+    studies: dict[str, list[Path]],
+    console: Console,
+    quiet: bool,
+) -> tuple[list[StudyOutcome], int]:
+    """``process_paths`` with two progress bars: studies, and images through the engine."""
+    from rich.progress import Progress
+
+    from samie_node.batch import process_paths
+
+    with Progress(console=console, disable=quiet) as progress:
+        study_task = progress.add_task("studies", total=len(studies))
+        image_task = progress.add_task(f"images ({settings.engine.backend} engine)", total=None)
+
+        def advance(outcome: StudyOutcome) -> None:
+            progress.advance(study_task)
+
+        return process_paths(
+            paths,
+            out,
+            engine=backend,
+            templates=templates,
+            settings=settings,
+            destination=peer,
+            force=force,
+            on_study=advance,
+            on_images=lambda n: progress.advance(image_task, n),
+        )
+
+
+def _print_batch(console: Console, out: Path, outcomes: list[StudyOutcome], unusable: int) -> None:
+    table = Table(title=f"processed into {out}")
+    for column in ("Study Instance UID", "state", "files", "outputs", "note"):
+        table.add_column(column)
+    for o in outcomes:
+        note = o.error or ("sent" if o.sent else "")
+        table.add_row(o.study_instance_uid, o.state, str(o.files), str(len(o.outputs)), note[:60])
+    console.print(table)
+    console.print(
+        counts_table(
+            "summary",
+            [
+                ("done", sum(o.state == "done" for o in outcomes)),
+                ("skipped (already done)", sum(o.state == "skipped" for o in outcomes)),
+                ("failed", sum(o.state == "failed" or o.sent is False for o in outcomes)),
+                ("files that are not usable DICOM", unusable),
+            ],
+        )
+    )
 
 
 @app.command(rich_help_panel="The node: administrator and operator")

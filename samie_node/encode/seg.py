@@ -1,8 +1,8 @@
 """DICOM Segmentation objects (binary SEG) with highdicom, one per source series or multi-frame image.
 
-Each SEG references every source image and frame it covers, carries one segment per region class of
-``dicom_templates/segments.json`` (label, SNOMED/DCM category and type, recommended display colour,
-algorithm identification with name, version and weights hash) and keeps empty frames unless configured
+Each SEG references every source image and frame it covers, carries one segment per region (labelled,
+coded and coloured from ``dicom_templates/segments.json``: SNOMED/DCM category and type, recommended
+display colour, algorithm identification with name, version and weights hash) and keeps empty frames unless configured
 otherwise, so that viewers can align every frame and an empty result stays visible as such.
 
 What highdicom cannot express is handled deliberately: a multi-frame source without a Frame of
@@ -87,8 +87,17 @@ def plan_units(sources: Sequence[Dataset]) -> list[SegUnit]:
     return units
 
 
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment to write: its number, label and display colour (sRGB)."""
+
+    number: int
+    label: str
+    rgb: tuple[int, int, int]
+
+
 def _segment_descriptions(
-    templates: Templates, algorithm: AlgorithmInfo, sop_instance_uid: str
+    templates: Templates, algorithm: AlgorithmInfo, sop_instance_uid: str, segments: Sequence[SegmentSpec]
 ) -> list[hd.seg.SegmentDescription]:
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name[:64],
@@ -96,27 +105,27 @@ def _segment_descriptions(
         family=templates.segments.algorithm_family.concept(),
         parameters={"weights_sha256": algorithm.weights_sha256},
     )
-    descriptions = []
-    for number, template in enumerate(templates.segments.segments, start=1):
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=template.label,
-                segmented_property_category=template.category.concept(),
-                segmented_property_type=template.type.concept(),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=identification,
-                tracking_id=template.key,
-                tracking_uid=derive_uid(sop_instance_uid, "segment", template.key),
-                display_color=hd.color.CIELabColor.from_rgb(*template.display_rgb),
-            )
+    region = templates.segments.region
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=segment.number,
+            segment_label=segment.label[:64],
+            segmented_property_category=region.category.concept(),
+            segmented_property_type=region.type.concept(),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification,
+            tracking_id=segment.label[:64],
+            tracking_uid=derive_uid(sop_instance_uid, "segment", str(segment.number)),
+            display_color=hd.color.CIELabColor.from_rgb(*segment.rgb),
         )
-    return descriptions
+        for segment in segments
+    ]
 
 
 def build_segmentation(
     unit: SegUnit,
     masks: Mapping[tuple[str, int], np.ndarray],
+    segments: Sequence[SegmentSpec],
     *,
     templates: Templates,
     algorithm: AlgorithmInfo,
@@ -126,6 +135,7 @@ def build_segmentation(
     instance_number: int,
     manufacturer: str,
     keep_empty_frames: bool,
+    series_description: str | None = None,
 ) -> hd.seg.Segmentation:
     """Build the SEG for one unit.
 
@@ -133,7 +143,11 @@ def build_segmentation(
     ----------
     masks
         For every (SOP Instance UID, frame number) of the unit, a boolean array (segments, rows, columns),
-        one plane per segment template, at the source image's resolution.
+        one plane per segment of ``segments``, at the source image's resolution.
+    segments
+        The segments, numbered 1 to n in order.
+    series_description
+        Instead of the template's (the pipeline adds the study's class to it).
 
     Raises
     ------
@@ -142,18 +156,15 @@ def build_segmentation(
     """
     if not unit.seg_possible:
         raise EncodeError("a multi-frame source without a Frame of Reference cannot be referenced by a SEG")
-    n_segments = len(templates.segments.segments)
     planes = []
     for key in unit.frame_keys:
         mask = masks.get(key)
         if mask is None:
             raise EncodeError(f"no mask for frame {key[1]} of {key[0]}")
-        if mask.ndim != 3 or mask.shape[0] != n_segments:
-            raise EncodeError(f"mask of shape {mask.shape} does not have {n_segments} segment planes")
+        if mask.ndim != 3 or mask.shape[0] != len(segments):
+            raise EncodeError(f"mask of shape {mask.shape} does not have {len(segments)} segment planes")
         planes.append(np.moveaxis(mask.astype(bool), 0, -1))
     pixel_array = np.stack(planes)  # (frames, rows, columns, segments)
-    if n_segments == 1:
-        pixel_array = pixel_array[..., 0]
     # An all-empty result keeps its frames even when empty frames are omitted: empty is reported, not hidden.
     omit_empty = not keep_empty_frames and bool(pixel_array.any())
     try:
@@ -161,7 +172,7 @@ def build_segmentation(
             source_images=list(unit.sources),
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=_segment_descriptions(templates, algorithm, sop_instance_uid),
+            segment_descriptions=_segment_descriptions(templates, algorithm, sop_instance_uid, segments),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -172,7 +183,7 @@ def build_segmentation(
             device_serial_number=algorithm.weights_sha256[:16],
             content_label=templates.segments.content_label,
             content_description=templates.segments.content_description[:64],
-            series_description=templates.segments.series_description[:64],
+            series_description=(series_description or templates.segments.series_description)[:64],
             omit_empty_frames=omit_empty,
         )
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:

@@ -1,22 +1,27 @@
 """The findings as a TID 1500 measurement report (Comprehensive 3D SR) with highdicom.
 
-The report references the source images (image library and evidence) and the SEG objects, and holds:
+The report references the source images (image library and evidence) and the SEG objects, and holds,
+in this order:
 
-- a classification group (TID 1501): the predicted class as a coded qualitative evaluation and the
-  probability of every class as a numeric measurement; or, with no classifier configured, a coded
-  statement that no classification was made;
-- one region group per SEG segment (TID 1411) that references the
-  segment and measures its area (mm2 where pixel spacing is known, pixels otherwise), the number of
-  connected regions and the number of images with a region; an empty result says so in a coded finding;
-- for each segment with a region, an outline group (TID 1410) with the same tracking identifier and
-  tracking UID (the same finding): the outline of the largest region on the image where the segment is
-  largest, as a SCOORD polyline on that source image.
+- per region (one per SEG segment) a region group (TID 1411) that references the segment and measures,
+  with a classifier first, the probability of the most probable class on the region's key image (the
+  line OHIF shows first beside the outline), then its area (mm2 where pixel spacing is known, pixels
+  otherwise), its mean modality value where that means something (Hounsfield units on CT; grey images
+  only) and, in a series, the number of images it shows on; then an outline group (TID 1410) with the
+  same tracking identifier and tracking UID (the same finding): the region's outline on the image where
+  it is largest, as a SCOORD polyline on that source image;
+- a totals group (TID 1501): the area of all regions, their number and the images with a region, or the
+  coded statement that no region was segmented;
+- a classification group (TID 1501): the predicted class as a coded qualitative evaluation, the
+  probability of every class as a numeric measurement whose method says how the per-image probabilities
+  were combined (their mean);
+  or, with no classifier configured, a coded statement that no classification was made.
 
-The outline group is for viewers. OHIF (3.13) shows a TID 1500 report only through measurements that
-have image coordinates: it merges groups by Tracking Unique Identifier, so the region finding becomes
-one measurement with the outline drawn on its key image and the region group's numbers as its labels.
-Region groups come first so that the report opens on that key image; the classification group (TID
-1501) has no image coordinates, which OHIF cannot display (see the README's viewer section).
+The outline groups are for viewers. OHIF (3.13) shows a TID 1500 report only through measurements that
+have image coordinates: it merges groups by Tracking Unique Identifier, so each region becomes one
+measurement drawn on its key image with its region group's numbers beside it. Region groups come first
+so that the report opens on the largest region; groups without image coordinates (totals,
+classification) come last, which OHIF skips (see the README's viewer section).
 
 Each group names the algorithm, its version and the hashes of its weights and classifier checkpoint.
 Codes and wording come from ``dicom_templates/report.json``.
@@ -26,13 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import cv2
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels.utils import pixel_array
 from pydicom.sr.codedict import codes
 
 from samie_node.encode.seg import AlgorithmInfo
@@ -66,16 +68,48 @@ class Classification:
 
 
 @dataclass(frozen=True)
-class SegmentSummary:
-    """Measurements of one segment of one SEG."""
+class RegionOutline:
+    """The outline of a region on one source frame, in SCOORD image coordinates.
+
+    ``points`` is a closed polyline of (column, row) pairs where (0, 0) is the top left corner of the
+    top left pixel (PS3.3 C.18.6.1.1), so a pixel's centre is at +0.5.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None
+    points: np.ndarray
+
+
+@dataclass(frozen=True)
+class RegionFinding:
+    """One region: the SEG segment that holds it and what the report says of it.
+
+    ``probabilities`` are the classifier's class probabilities for the image the region is largest on
+    (the region's key image), None without a classifier.
+    """
 
     segmentation: Dataset
     segment_number: int
+    label: str
+    area: float
+    area_in_mm2: bool
+    mean_value: float | None
+    value_unit: str
+    images: int
+    series: bool
+    outline: RegionOutline
+    probabilities: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StudyTotals:
+    """All regions of the study together."""
+
     area: float
     area_in_mm2: bool
     regions: int
     images_with_region: int
-    frames: int
 
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -111,6 +145,7 @@ def _classification_group(
                     ),
                     value=round(float(probability), 6),
                     unit=templates.report.probability_unit.concept(),
+                    method=template.combination.concept(),
                     algorithm_id=_algorithm_id(algorithm),
                 )
             )
@@ -126,159 +161,173 @@ def _classification_group(
     )
 
 
-def _region_group(
-    templates: Templates, algorithm: AlgorithmInfo, summary: SegmentSummary
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    template = templates.report.regions
-    seg = summary.segmentation
-    measurements = [
-        hd.sr.Measurement(
-            name=template.area.concept(),
-            value=round(summary.area, 3),
-            unit=(template.area_unit_mm2 if summary.area_in_mm2 else template.area_unit_pixels).concept(),
-            algorithm_id=_algorithm_id(algorithm),
-        ),
-        hd.sr.Measurement(
-            name=template.count.concept(),
-            value=summary.regions,
-            unit=template.count_unit.concept(),
-            algorithm_id=_algorithm_id(algorithm),
-        ),
-        hd.sr.Measurement(
-            name=template.images_with_region.concept(),
-            value=summary.images_with_region,
-            unit=template.images_unit.concept(),
-            algorithm_id=_algorithm_id(algorithm),
-        ),
-    ]
-    evaluations = None
-    if summary.regions == 0:
-        evaluations = [
-            hd.sr.QualitativeEvaluation(
-                name=templates.report.classification.evaluation_name.concept(), value=template.empty_result.concept()
-            )
-        ]
-    tracking = _region_tracking(template.tracking_identifier, summary)
-    common: dict[str, Any] = {
-        "tracking_identifier": tracking,
-        "finding_type": template.finding_type.concept(),
-        "algorithm_id": _algorithm_id(algorithm),
-        "measurements": measurements,
-        "qualitative_evaluations": evaluations,
-    }
-    # TID 1411 with a segment reference (no frame number: PS3.3 forbids Referenced Segment Number beside
-    # Referenced Frame Number, which is what a TID 1410 segmentation-frame reference writes).
-    referenced_series = seg.ReferencedSeriesSequence[0]
-    if summary.frames == 1:
-        instance = referenced_series.ReferencedInstanceSequence[0]
-        source_images = [
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=str(instance.ReferencedSOPClassUID),
-                referenced_sop_instance_uid=str(instance.ReferencedSOPInstanceUID),
-            )
-        ]
-        referenced_segment = hd.sr.ReferencedSegment(
-            sop_class_uid=str(seg.SOPClassUID),
-            sop_instance_uid=str(seg.SOPInstanceUID),
-            segment_number=summary.segment_number,
-            source_images=source_images,
-        )
-    else:
-        referenced_segment = hd.sr.ReferencedSegment(
-            sop_class_uid=str(seg.SOPClassUID),
-            sop_instance_uid=str(seg.SOPInstanceUID),
-            segment_number=summary.segment_number,
-            source_series=hd.sr.SourceSeriesForSegmentation(str(referenced_series.SeriesInstanceUID)),
-        )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=referenced_segment, **common)
-
-
-@dataclass(frozen=True)
-class RegionOutline:
-    """The outline of one region on one source frame, in SCOORD image coordinates.
-
-    ``points`` is a closed polyline of (column, row) pairs where (0, 0) is the top left corner of the
-    top left pixel (PS3.3 C.18.6.1.1), so a pixel's centre is at +0.5.
-    """
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    frame_number: int | None
-    points: np.ndarray
-
-
-def region_outline(segmentation: Dataset, segment_number: int) -> RegionOutline | None:
-    """The outline of the largest region on the source frame where ``segment_number`` is largest.
-
-    Reads the SEG's own frames (one at a time) and their Derivation Image references, so it describes
-    exactly what the SEG holds. Returns None when the segment is empty.
-    """
-    best: tuple[int, int, Dataset] | None = None  # (area, SEG frame index, source image reference)
-    shared = segmentation.SharedFunctionalGroupsSequence[0]
-    for index, group in enumerate(segmentation.PerFrameFunctionalGroupsSequence):
-        identification = group.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
-        if not identification or int(identification[0].ReferencedSegmentNumber) != segment_number:
-            continue
-        derivation = group.get("DerivationImageSequence")
-        if not derivation or not derivation[0].get("SourceImageSequence"):
-            continue
-        area = int(np.count_nonzero(pixel_array(segmentation, index=index)))
-        if area and (best is None or area > best[0]):
-            best = (area, index, derivation[0].SourceImageSequence[0])
-    if best is None:
-        return None
-    _, index, source = best
-    mask = (pixel_array(segmentation, index=index) > 0).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))[:, 0, :].astype(float)
-    if len(contour) < 3:  # a one-pixel or one-line region: its bounding box, on the pixel edges
-        x, y, width, height = cv2.boundingRect(contour.astype(np.int32))
-        points = np.array([[x, y], [x + width, y], [x + width, y + height], [x, y + height]], dtype=float)
-    else:
-        points = contour + 0.5
-    points = np.vstack([points, points[:1]])  # closed polyline: the last point repeats the first
-    frame = source.get("ReferencedFrameNumber")
-    return RegionOutline(
-        sop_class_uid=str(source.ReferencedSOPClassUID),
-        sop_instance_uid=str(source.ReferencedSOPInstanceUID),
-        frame_number=int(frame) if frame is not None else None,
-        points=points,
+def _region_tracking(identifier: str, finding: RegionFinding) -> hd.sr.TrackingIdentifier:
+    """One finding per SEG segment: its region group and its outline group share this identity."""
+    return hd.sr.TrackingIdentifier(
+        uid=derive_uid(str(finding.segmentation.SOPInstanceUID), "segment", str(finding.segment_number)),
+        identifier=f"{identifier} {finding.segment_number}",
     )
 
 
-def _outline_group(
-    templates: Templates, algorithm: AlgorithmInfo, summary: SegmentSummary, outline: RegionOutline
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    template = templates.report.regions
-    source_image = hd.sr.SourceImageForRegion(
-        referenced_sop_class_uid=outline.sop_class_uid,
-        referenced_sop_instance_uid=outline.sop_instance_uid,
-        referenced_frame_numbers=[outline.frame_number] if outline.frame_number is not None else None,
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_region_tracking(template.tracking_identifier, summary),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=outline.points,
-            source_image=source_image,
+def _probability_on_key_image(
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
+) -> hd.sr.Measurement:
+    """The most probable class of the region's key image and its probability, in percent: the line OHIF
+    shows first beside the outline ("Probability of <class>: 91.00 %")."""
+    probabilities = finding.probabilities or ()
+    best = int(np.argmax(probabilities))
+    label = labels[best]
+    return hd.sr.Measurement(
+        name=templates.report.classification.probability_name.concept(
+            code_value=label.code_value, code_meaning=label.code_meaning
         ),
-        finding_type=template.finding_type.concept(),
+        value=round(100.0 * float(probabilities[best]), 2),
+        unit=templates.report.percent_unit.concept(),
         algorithm_id=_algorithm_id(algorithm),
     )
 
 
-def _region_tracking(identifier: str, summary: SegmentSummary) -> hd.sr.TrackingIdentifier:
-    """One finding per SEG segment: its region group and its outline group share this identity."""
-    return hd.sr.TrackingIdentifier(
-        uid=derive_uid(str(summary.segmentation.SOPInstanceUID), "segment", str(summary.segment_number)),
-        identifier=f"{identifier} {summary.segment_number}",
+def _region_measurements(
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
+) -> list[hd.sr.Measurement]:
+    template = templates.report.regions
+    algorithm_id = _algorithm_id(algorithm)
+    measurements = []
+    if finding.probabilities is not None and labels:
+        measurements.append(_probability_on_key_image(templates, algorithm, finding, labels))
+    measurements += [
+        hd.sr.Measurement(
+            name=template.area.concept(),
+            value=round(finding.area, 3),
+            unit=(template.area_unit_mm2 if finding.area_in_mm2 else template.area_unit_pixels).concept(),
+            algorithm_id=algorithm_id,
+        )
+    ]
+    if finding.mean_value is not None:
+        hounsfield = finding.value_unit == template.mean_unit_ct.value
+        measurements.append(
+            hd.sr.Measurement(
+                name=(template.mean_ct if hounsfield else template.mean_value).concept(),
+                value=round(finding.mean_value, 2),
+                unit=(template.mean_unit_ct if hounsfield else template.mean_unit_value).concept(),
+                derivation=codes.SCT.Mean,
+                algorithm_id=algorithm_id,
+            )
+        )
+    if finding.series:
+        measurements.append(
+            hd.sr.Measurement(
+                name=template.images_with_region.concept(),
+                value=finding.images,
+                unit=template.images_unit.concept(),
+                algorithm_id=algorithm_id,
+            )
+        )
+    return measurements
+
+
+def _region_groups(
+    templates: Templates, algorithm: AlgorithmInfo, finding: RegionFinding, labels: Sequence[ClassLabelCode]
+) -> list[object]:
+    """The region group (TID 1411, the segment and its numbers) and its outline group (TID 1410)."""
+    template = templates.report.regions
+    seg = finding.segmentation
+    tracking = _region_tracking(template.tracking_identifier, finding)
+    referenced_series = seg.ReferencedSeriesSequence[0]
+    # TID 1411 with a segment reference (no frame number: PS3.3 forbids Referenced Segment Number beside
+    # Referenced Frame Number, which is what a TID 1410 segmentation-frame reference writes).
+    if finding.series:
+        source: dict[str, object] = {
+            "source_series": hd.sr.SourceSeriesForSegmentation(str(referenced_series.SeriesInstanceUID))
+        }
+    else:
+        instance = referenced_series.ReferencedInstanceSequence[0]
+        source = {
+            "source_images": [
+                hd.sr.SourceImageForSegmentation(
+                    referenced_sop_class_uid=str(instance.ReferencedSOPClassUID),
+                    referenced_sop_instance_uid=str(instance.ReferencedSOPInstanceUID),
+                )
+            ]
+        }
+    referenced_segment = hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=finding.segment_number,
+        **source,  # type: ignore[arg-type]
+    )
+    region = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=referenced_segment,
+        finding_type=template.finding_type.concept(),
+        algorithm_id=_algorithm_id(algorithm),
+        measurements=_region_measurements(templates, algorithm, finding, labels),
+    )
+    outline = finding.outline
+    drawn = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=outline.points,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=outline.sop_class_uid,
+                referenced_sop_instance_uid=outline.sop_instance_uid,
+                referenced_frame_numbers=[outline.frame_number] if outline.frame_number is not None else None,
+            ),
+        ),
+        finding_type=template.finding_type.concept(),
+        algorithm_id=_algorithm_id(algorithm),
+    )
+    return [region, drawn]
+
+
+def _totals_group(
+    templates: Templates, algorithm: AlgorithmInfo, totals: StudyTotals, study_instance_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    template = templates.report.regions
+    algorithm_id = _algorithm_id(algorithm)
+    measurements = [
+        hd.sr.Measurement(
+            name=template.total_area.concept(),
+            value=round(totals.area, 3),
+            unit=(template.area_unit_mm2 if totals.area_in_mm2 else template.area_unit_pixels).concept(),
+            algorithm_id=algorithm_id,
+        ),
+        hd.sr.Measurement(
+            name=template.count.concept(),
+            value=totals.regions,
+            unit=template.count_unit.concept(),
+            algorithm_id=algorithm_id,
+        ),
+        hd.sr.Measurement(
+            name=template.images_with_region.concept(),
+            value=totals.images_with_region,
+            unit=template.images_unit.concept(),
+            algorithm_id=algorithm_id,
+        ),
+    ]
+    evaluations = None
+    if totals.regions == 0:
+        name = templates.report.classification.evaluation_name.concept()
+        evaluations = [hd.sr.QualitativeEvaluation(name=name, value=template.empty_result.concept())]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(study_instance_uid, "totals", algorithm.model_version),
+            identifier=template.totals_tracking_identifier,
+        ),
+        finding_type=template.finding_type.concept(),
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
     )
 
 
 def build_report(
     *,
     sources: Sequence[Dataset],
-    segments: Sequence[SegmentSummary],
+    findings: Sequence[RegionFinding],
+    totals: StudyTotals,
+    segmentations: Sequence[Dataset],
     other_evidence: Sequence[Dataset],
     classification: Classification | None,
     templates: Templates,
@@ -294,8 +343,12 @@ def build_report(
     ----------
     sources
         Headers of the images the engine looked at (the image library and evidence).
-    segments
-        One summary per SEG segment.
+    findings
+        One per region (SEG segment), largest first.
+    totals
+        All regions together.
+    segmentations
+        Every SEG written for the study (also those without a region).
     other_evidence
         Further objects the node wrote for this study (secondary capture overlays).
 
@@ -320,11 +373,9 @@ def build_report(
     )
     try:
         groups: list[object] = []
-        for summary in segments:
-            groups.append(_region_group(templates, algorithm, summary))
-            outline = region_outline(summary.segmentation, summary.segment_number) if summary.regions else None
-            if outline is not None:
-                groups.append(_outline_group(templates, algorithm, summary, outline))
+        for finding in findings:
+            groups += _region_groups(templates, algorithm, finding, classification.labels if classification else ())
+        groups.append(_totals_group(templates, algorithm, totals, study_instance_uid))
         groups.append(_classification_group(templates, algorithm, classification, study_instance_uid))
         report = hd.sr.MeasurementReport(
             observation_context=observation_context,
@@ -333,7 +384,7 @@ def build_report(
             title=templates.report.title.concept(),
             referenced_images=list(sources),
         )
-        evidence = [*sources, *(s.segmentation for s in segments), *other_evidence]
+        evidence = [*sources, *(finding.segmentation for finding in findings), *segmentations, *other_evidence]
         unique = list({str(ds.SOPInstanceUID): ds for ds in evidence}.values())
         sr = hd.sr.Comprehensive3DSR(
             evidence=unique,

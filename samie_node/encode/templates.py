@@ -34,25 +34,35 @@ class Code(BaseModel):
         return CodedConcept(value=value[:64], scheme_designator=self.scheme, meaning=meaning[:64])
 
 
-class SegmentTemplate(BaseModel):
+class RegionTemplate(BaseModel):
+    """How each region's segment is labelled and coded (``{number}`` in ``label`` is its number)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    key: str
-    label: str = Field(max_length=64)
-    description: str = ""
+    label: str = Field(max_length=60)
+    merged_label: str = Field(max_length=64)
+    empty_label: str = Field(max_length=64)
     category: Code
     type: Code
-    display_rgb: tuple[int, int, int]
+
+    def label_for(self, number: int, *, merged: bool = False) -> str:
+        """Region ``number``'s segment label ("Region 3", or the merged label for the last segment)."""
+        return self.merged_label if merged else self.label.format(number=number)
 
 
 class SegmentsTemplate(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     algorithm_family: Code
-    segments: list[SegmentTemplate] = Field(min_length=1)
+    region: RegionTemplate
+    palette: list[tuple[int, int, int]] = Field(min_length=1)
     content_label: str = Field(max_length=16)
     content_description: str
     series_description: str
+
+    def colour(self, number: int) -> tuple[int, int, int]:
+        """The sRGB display colour of segment ``number`` (1-based), cycling through the palette."""
+        return self.palette[(number - 1) % len(self.palette)]
 
 
 class ClassificationTemplate(BaseModel):
@@ -62,6 +72,7 @@ class ClassificationTemplate(BaseModel):
     finding_type: Code
     evaluation_name: Code
     probability_name: Code
+    combination: Code
     no_classifier: Code
 
 
@@ -69,8 +80,14 @@ class RegionsTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tracking_identifier: str
+    totals_tracking_identifier: str
     finding_type: Code
     area: Code
+    total_area: Code
+    mean_ct: Code
+    mean_unit_ct: Code
+    mean_value: Code
+    mean_unit_value: Code
     area_unit_mm2: Code
     area_unit_pixels: Code
     count: Code
@@ -89,6 +106,7 @@ class ReportTemplate(BaseModel):
     classification: ClassificationTemplate
     regions: RegionsTemplate
     probability_unit: Code
+    percent_unit: Code
     overlay_caption: str
 
 

@@ -1,7 +1,7 @@
-"""How good a classifier is: accuracy, ROC AUC and confusion matrix on a labelled split.
+"""How good a trained classifier is: accuracy, ROC AUC and confusion matrix on its validation split.
 
-``samie-node evaluate`` runs it on a checkpoint; with ``--compare`` it also trains a baseline on original
-images only, with the same split and set-up, as the SAM-IE paper compares.
+``samie-node evaluate`` runs it on a checkpoint; ``samie-node compare`` (:mod:`samie_node.engine.compare`)
+trains both arms of the SAM-IE comparison instead.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from samie_node.engine.classify import Classifier, load_classifier
+from samie_node.engine.classify import load_classifier
 from samie_node.engine.dataset import discover_dataset
 from samie_node.engine.masks import Segmenter
 from samie_node.engine.metrics import Evaluation, evaluate_samples
 from samie_node.engine.progress import Progress, SilentProgress
-from samie_node.engine.train import TrainConfig, fit, load_all, segmenter_identity
+from samie_node.engine.train import TrainConfig, load_all
 from samie_node.errors import InvalidInputError
 
 
@@ -30,8 +30,6 @@ class EvaluationReport:
     input_mode: str
     split: str
     evaluation: Evaluation
-    baseline: Evaluation | None = None
-    baseline_input_mode: str | None = None
     segmenter_matches: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,25 +47,32 @@ def evaluate_checkpoint(
     device: torch.device,
     cache_dir: Path | None = None,
     settings_digest: str = "",
-    compare: bool = False,
-    epochs: int | None = None,
+    input_mode: str | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Evaluate a checkpoint on its validation split of ``root`` (or on all of ``root`` if it has none).
 
-    With ``compare``, a baseline trained on original images only, with the checkpoint's own training
-    set-up (``epochs`` overrides its epoch count) and the same split, is evaluated on the same images:
-    the "enhanced versus originals" comparison of the SAM-IE paper.
+    Parameters
+    ----------
+    input_mode
+        The images the caller means to evaluate on (``original``, ``enhanced`` or ``both``); a checkpoint
+        trained on other images is refused rather than scored on inputs it never saw.
 
     Raises
     ------
     ModelError
         If the checkpoint cannot be loaded.
     InvalidInputError
-        If the dataset does not have the checkpoint's classes.
+        If the dataset does not have the checkpoint's classes, or the checkpoint was trained on other
+        images than ``input_mode``.
     """
     progress = progress or SilentProgress()
     classifier = load_classifier(checkpoint, device)
+    if input_mode is not None and input_mode != classifier.input_mode:
+        raise InvalidInputError(
+            f"{checkpoint.name} was trained on {classifier.input_mode} images and cannot be evaluated on "
+            f"{input_mode} images: train the other arm (samie-node compare trains both)"
+        )
     dataset = discover_dataset(root)
     if [label.name for label in dataset.labels] != [label.name for label in classifier.labels]:
         raise InvalidInputError(
@@ -94,20 +99,4 @@ def evaluate_checkpoint(
         evaluation=evaluate_samples(classifier, evaluated),
         segmenter_matches=classifier.content.segmenter.get("weights_sha256") in ("", None, segmenter.weights_sha256),
     )
-    if not compare:
-        return report
-    train_samples = samples
-    if split == "validation":
-        train_samples = [s for s in samples if s.file.relative not in validation_names]
-    baseline_config = replace(config, input_mode="original", epochs=epochs or config.epochs)
-    baseline = fit(
-        train_samples,
-        evaluated,
-        dataset.labels,
-        baseline_config,
-        device=device,
-        progress=progress,
-        segmenter_identity=segmenter_identity(segmenter),
-    )
-    baseline_classifier = Classifier(baseline.model, baseline.content, sha256="", device=device)
-    return replace(report, baseline=evaluate_samples(baseline_classifier, evaluated), baseline_input_mode="original")
+    return report

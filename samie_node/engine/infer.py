@@ -1,19 +1,23 @@
 """The engine's part of a study: decode each selected image, segment it, enhance it, classify it.
 
-Frames are prepared and run through the models a batch at a time; of each frame only its mask is kept
-(bit-packed) with its area and region count, and the classifier's probabilities, so memory stays flat as
-studies grow. An instance that cannot be decoded is skipped with its reason and the study carries on.
+The unit of work is a chunk: a few images of one study, as the encoded bytes the node read from its
+spool. :func:`run_chunk` decodes them itself, runs the models a batch at a time and returns per-frame
+results; it is the same function in the node's process (local backend) and in a Ray actor, so both
+give the same masks for the same input. Of each frame only its mask is kept (bit-packed) with its area
+and region count, and the classifier's probabilities, so memory stays flat as studies grow. An instance
+that cannot be decoded is skipped with its reason and the study carries on. :func:`assemble` puts a
+study's chunk results back together in the order of its images.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -33,25 +37,86 @@ FrameKey = tuple[str, int]  # (SOP Instance UID, 1-based frame number)
 
 @dataclass(frozen=True)
 class FrameResult:
-    """What the engine found in one source frame."""
+    """What the engine found in one source frame: each kept region's mask, bit-packed, and its statistics.
+
+    Attributes
+    ----------
+    shape
+        (rows, columns) of the frame.
+    packed_masks
+        (regions, bytes) uint8: each region's mask, ``np.packbits`` of the flattened (rows, columns) mask.
+    region_areas
+        Pixels in each region.
+    region_means
+        Mean modality value in each region (Hounsfield units on CT); NaN for colour images.
+    value_unit
+        UCUM unit of ``region_means``; empty for colour images.
+    area_pixels
+        Pixels covered by any region (the SAM-IE binary mask).
+    pixel_spacing
+        (row, column) mm, None when the source gives none.
+    probabilities
+        The classifier's class probabilities for the frame (its enhanced image), None without one.
+    """
 
     sop_instance_uid: str
     frame_number: int
     shape: tuple[int, int]
-    packed_mask: np.ndarray
-    regions: int
+    packed_masks: np.ndarray
+    region_areas: tuple[int, ...]
+    region_means: tuple[float, ...]
+    value_unit: str
     area_pixels: int
     pixel_spacing: tuple[float, float] | None
+    probabilities: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, frame: PreparedFrame, masks: np.ndarray, probabilities: np.ndarray | None = None) -> FrameResult:
+        """The result for ``frame`` from its kept (regions, rows, columns) bool masks and, with a classifier,
+        its class probabilities."""
+        rows, columns = frame.image.shape[:2]
+        areas = tuple(int(mask.sum()) for mask in masks)
+        if frame.values is not None:
+            means = tuple(
+                float(frame.values[mask].mean()) if area else float("nan")
+                for mask, area in zip(masks, areas, strict=True)
+            )
+        else:
+            means = tuple(float("nan") for _ in areas)
+        return cls(
+            frame.sop_instance_uid,
+            frame.frame_number,
+            (rows, columns),
+            np.packbits(masks.reshape(len(masks), -1), axis=1) if len(masks) else np.zeros((0, 0), np.uint8),
+            areas,
+            means,
+            frame.value_unit,
+            int(np.any(masks, axis=0).sum()) if len(masks) else 0,
+            frame.pixel_spacing,
+            None if probabilities is None else tuple(float(p) for p in probabilities),
+        )
 
     @property
     def key(self) -> FrameKey:
         """(SOP Instance UID, frame number), as SEG and SR reference the frame."""
         return (self.sop_instance_uid, self.frame_number)
 
-    def mask(self) -> np.ndarray:
-        """The (rows, columns) bool union of the frame's regions."""
+    @property
+    def regions(self) -> int:
+        """How many regions the engine kept in this frame."""
+        return len(self.region_areas)
+
+    def region_mask(self, index: int) -> np.ndarray:
+        """The (rows, columns) bool mask of region ``index`` (0-based)."""
         rows, columns = self.shape
-        return np.unpackbits(self.packed_mask, count=rows * columns).reshape(rows, columns).astype(bool)
+        return np.unpackbits(self.packed_masks[index], count=rows * columns).reshape(rows, columns).astype(bool)
+
+    def mask(self) -> np.ndarray:
+        """The (rows, columns) bool union of the frame's regions (what SAM-IE enhances with)."""
+        union = np.zeros(self.shape, bool)
+        for index in range(self.regions):
+            union |= self.region_mask(index)
+        return union
 
 
 @dataclass
@@ -76,37 +141,61 @@ class Inference:
     skipped: Counter[str]
 
 
-def count_regions(mask: np.ndarray) -> int:
-    """Connected regions (8-connected) of a boolean mask."""
-    if not mask.any():
-        return 0
-    count, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return int(count) - 1
+@dataclass(frozen=True)
+class SourceImage:
+    """One instance of a chunk as the engine receives it: its SOP Instance UID and its encoded file."""
+
+    sop_instance_uid: str
+    data: bytes
+
+
+@dataclass
+class ChunkResult:
+    """What the engine returns for one chunk (pickled when it comes back from a Ray actor).
+
+    Attributes
+    ----------
+    frames
+        Per decoded frame, in the chunk's order.
+    probabilities
+        (frames, classes), or None without a classifier.
+    skipped
+        SOP Instance UID -> why it could not be used; the chunk's other images were used.
+    timings_ms
+        Time per stage (prepare, segment, enhance, classify) spent on the chunk.
+    worker
+        Who ran it (``local``, or the Ray node and process), for the log.
+    """
+
+    frames: list[FrameResult]
+    probabilities: np.ndarray | None
+    skipped: dict[str, str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    worker: str = "local"
 
 
 def _frames(
-    images: Sequence[Candidate], settings: Settings, skipped: Counter[str], usable: list[Dataset], timer: StageTimer
+    images: Sequence[SourceImage], settings: Settings, skipped: dict[str, str], timer: StageTimer
 ) -> Iterator[PreparedFrame]:
     # MedSAM sees CT and MR through the windows it was trained with (prepare.medsam_window); the SAM-IE
     # fusion and the classifier see the same frame, so mask and image stay one picture.
     windowing: Windowing = "medsam" if settings.segmenter.kind == "medsam" else "display"
-    for candidate in images:
+    for image in images:
         started = time.perf_counter()
         try:
             frames = prepare_dataset(
-                pydicom.dcmread(candidate.path), max_pixels=settings.limits.max_pixels, windowing=windowing
+                pydicom.dcmread(io.BytesIO(image.data)), max_pixels=settings.limits.max_pixels, windowing=windowing
             )
         except SamieNodeError as exc:
-            skipped[str(exc)[:120]] += 1
-            LOG.warning("instance skipped sop_instance_uid=%s: %s", candidate.header.SOPInstanceUID, exc)
+            skipped[image.sop_instance_uid] = str(exc)[:120]
+            LOG.warning("instance skipped sop_instance_uid=%s: %s", image.sop_instance_uid, exc)
             continue
         except Exception as exc:  # decoders raise many types; one bad instance must not stop the study
-            skipped[f"cannot decode ({type(exc).__name__})"] += 1
-            LOG.warning("instance skipped sop_instance_uid=%s: %s", candidate.header.SOPInstanceUID, type(exc).__name__)
+            skipped[image.sop_instance_uid] = f"cannot decode ({type(exc).__name__})"
+            LOG.warning("instance skipped sop_instance_uid=%s: %s", image.sop_instance_uid, type(exc).__name__)
             continue
         finally:
             timer.add("prepare", started)
-        usable.append(candidate.header)
         yield from frames
 
 
@@ -133,33 +222,47 @@ def _run_batch(
     if models.classifier is not None:
         with timer.stage("classify"):
             probabilities = models.classifier.predict(images, [e.image for e in enhanced])
-    results = []
-    for frame, result in zip(batch, enhanced, strict=True):
-        mask = result.binary_mask
-        results.append(
-            FrameResult(
-                frame.sop_instance_uid,
-                frame.frame_number,
-                (int(mask.shape[0]), int(mask.shape[1])),
-                np.packbits(mask, axis=None),
-                count_regions(mask),
-                int(mask.sum()),
-                frame.pixel_spacing,
-            )
-        )
+    rows = [None] * len(batch) if probabilities is None else list(probabilities)
+    results = [
+        FrameResult.of(frame, masks.masks, row) for frame, masks, row in zip(batch, mask_sets, rows, strict=True)
+    ]
     return results, probabilities
 
 
-def infer_study(images: Sequence[Candidate], models: Models, settings: Settings, timer: StageTimer) -> Inference:
-    """Run the models over every frame of the selected images, ``segmenter.batch_size`` frames at a time."""
-    frames: dict[FrameKey, FrameResult] = {}
+def run_chunk(images: Sequence[SourceImage], models: Models, settings: Settings) -> ChunkResult:
+    """Decode a chunk's images and run the models over their frames, ``segmenter.batch_size`` at a time."""
+    timer = StageTimer()
+    frames: list[FrameResult] = []
     probabilities: list[np.ndarray] = []
-    usable: list[Dataset] = []
-    skipped: Counter[str] = Counter()
-    prepared = _frames(images, settings, skipped, usable, timer)
+    skipped: dict[str, str] = {}
+    prepared = _frames(images, settings, skipped, timer)
     for batch in _batches(prepared, settings.segmenter.batch_size):
         results, batch_probabilities = _run_batch(batch, models, timer)
-        frames.update((result.key, result) for result in results)
+        frames.extend(results)
         if batch_probabilities is not None:
             probabilities.append(batch_probabilities)
-    return Inference(frames, np.concatenate(probabilities) if probabilities else None, usable, skipped)
+    return ChunkResult(frames, np.concatenate(probabilities) if probabilities else None, skipped, timer.ms)
+
+
+def cut_chunks(images: Sequence[Candidate], size: int) -> list[list[Candidate]]:
+    """A study's images in chunks of ``size``, in order: the units the scheduler hands to the engine."""
+    return [list(images[start : start + size]) for start in range(0, len(images), size)]
+
+
+def assemble(images: Sequence[Candidate], results: Sequence[ChunkResult], timer: StageTimer) -> Inference:
+    """A study's :class:`Inference` from its chunks' results, given in the order of its chunks."""
+    frames: dict[FrameKey, FrameResult] = {}
+    probabilities = [r.probabilities for r in results if r.probabilities is not None]
+    skipped_uids: dict[str, str] = {}
+    for result in results:
+        frames.update((frame.key, frame) for frame in result.frames)
+        skipped_uids.update(result.skipped)
+        for stage, ms in result.timings_ms.items():
+            timer.ms[stage] = timer.ms.get(stage, 0.0) + ms
+    usable = [c.header for c in images if str(c.header.SOPInstanceUID) not in skipped_uids]
+    return Inference(
+        frames,
+        np.concatenate(probabilities) if probabilities else None,
+        usable,
+        Counter(skipped_uids.values()),
+    )

@@ -38,6 +38,9 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from samie_node.errors import UnsupportedImageError
 
+#: UCUM's Hounsfield unit, the unit of CT modality values.
+HOUNSFIELD_UNIT = "[hnsf'U]"
+
 #: The percentiles of the fallback window: wide enough for the anatomy, deaf to a few extreme pixels.
 #: MedSAM's MR window uses the same ones, of the non-zero values.
 FALLBACK_PERCENTILES = (0.5, 99.5)
@@ -66,12 +69,19 @@ class PreparedFrame:
     pixel_spacing
         (row, column) spacing in mm from Pixel Spacing (top level or the pixel measures functional
         group), None when the file does not give one.
+    values
+        (rows, columns) modality values of a grayscale frame (Hounsfield units on CT), for region
+        statistics; None for colour images, where a mean value would mean nothing.
+    value_unit
+        The UCUM unit of ``values``.
     """
 
     image: np.ndarray
     sop_instance_uid: str
     frame_number: int
     pixel_spacing: tuple[float, float] | None
+    values: np.ndarray | None = None
+    value_unit: str = ""
 
 
 def _int_attribute(dataset: Dataset, keyword: str, default: int | None = None) -> int:
@@ -209,8 +219,9 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
     return display
 
 
-def _modality_values(array: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
-    """Stored values of frame ``index`` through the modality LUT or rescale (per frame where given)."""
+def modality_values(array: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
+    """The modality transform of one grayscale frame (Hounsfield units on CT), per frame when the
+    functional groups say so."""
     rescale = functional_group_item(dataset, index, "PixelValueTransformationSequence")
     if rescale is not None and "RescaleSlope" in rescale:
         values: np.ndarray = array.astype(np.float64) * float(rescale.RescaleSlope) + float(
@@ -218,6 +229,14 @@ def _modality_values(array: np.ndarray, dataset: Dataset, index: int) -> np.ndar
         )
         return values
     return np.asarray(apply_modality_lut(array, dataset), dtype=np.float64)
+
+
+def value_unit(dataset: Dataset) -> str:
+    """The unit of the modality values as UCUM writes it: ``[hnsf'U]`` on CT, ``{value}`` otherwise."""
+    rescale_type = str(dataset.get("RescaleType", "") or "").upper()
+    if rescale_type == "HU" or (str(dataset.get("Modality", "")) == "CT" and rescale_type in ("", "HU")):
+        return HOUNSFIELD_UNIT
+    return "{value}"
 
 
 def _voi_display(values: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
@@ -267,14 +286,13 @@ def medsam_window(values: np.ndarray, modality: str) -> np.ndarray | None:
     return scaled
 
 
-def _grayscale_to_8bit(array: np.ndarray, dataset: Dataset, index: int, windowing: Windowing) -> np.ndarray:
-    """Modality then VOI transform of one grayscale frame, to display values in [0, 255].
+def _grayscale_to_8bit(values: np.ndarray, dataset: Dataset, index: int, windowing: Windowing) -> np.ndarray:
+    """VOI transform of one frame's modality values, to display values in [0, 255].
 
     With ``windowing="medsam"``, CT and MR frames get MedSAM's windows instead of the file's VOI, cast
     to 8 bits by truncation as MedSAM's ``np.uint8`` did; other modalities keep the display pipeline,
     which is what MedSAM's 2-D images (exported PNG/JPEG) had been through.
     """
-    values = _modality_values(array, dataset, index)
     medsam = medsam_window(values, str(dataset.get("Modality", ""))) if windowing == "medsam" else None
     display = medsam if medsam is not None else _voi_display(values, dataset, index)
     inverted = str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1"
@@ -345,9 +363,11 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int, windowing: Windowing =
         if photometric in _GRAYSCALE or photometric_declared in _GRAYSCALE:
             if array.ndim != 2:
                 raise UnsupportedImageError("grayscale image with more than one sample per pixel")
-            grey = _grayscale_to_8bit(array, dataset, index, windowing)
+            values = modality_values(array, dataset, index)
+            grey = _grayscale_to_8bit(values, dataset, index, windowing)
             image = np.repeat(grey[:, :, None], 3, axis=2)
         else:
+            values = None
             image = _colour_to_8bit(array, photometric, dataset)
         frames.append(
             PreparedFrame(
@@ -355,6 +375,8 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int, windowing: Windowing =
                 sop_instance_uid=sop_instance_uid,
                 frame_number=index + 1,
                 pixel_spacing=pixel_spacing(dataset, index),
+                values=None if values is None else values.astype(np.float32),
+                value_unit="" if values is None else value_unit(dataset),
             )
         )
     if not frames:

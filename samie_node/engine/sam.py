@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -68,6 +69,49 @@ class ImageEmbedding:
     features: torch.Tensor  # (1, C, h, w) float32 on the model's device
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+
+
+class SamRuntime(Protocol):
+    """Runs a ``Sam``'s encoder and box decoder in place of torch's eager modules (same inputs, same outputs).
+
+    :mod:`samie_node.engine.runtime_openvino` provides one; ``None`` in a :class:`SamSegmenter` means the
+    reference path, the torch modules themselves.
+    """
+
+    name: str
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images to (B, C, h, w) float32 embeddings."""
+        ...
+
+    def decode(self, features: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One embedding and (K, 4) boxes in model input pixels to :class:`BoxDecoder`'s outputs."""
+        ...
+
+
+class BoxDecoder(torch.nn.Module):
+    """A ``Sam``'s prompt encoder and mask decoder for box prompts, one mask per box, as one module.
+
+    The reference decoder path calls it and :mod:`samie_node.engine.runtime_openvino` exports it, so both
+    compute the same thing by construction.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, h, w) embedding and (K, 4) boxes to (K, 1, 4h, 4w) mask logits and (K, 1) predicted IoUs."""
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        low_res, iou = self.mask_decoder(
+            image_embeddings=features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return low_res, iou
 
 
 class _EmbeddedPredictor(SamPredictor):  # type: ignore[misc]
@@ -143,6 +187,9 @@ class SamSegmenter:
         own normalisation and ``SamAutomaticMaskGenerator``'s point grid.
     proposals
         The box proposals and background filter of LiteMedSAM's automatic mode.
+    runtime
+        Runs the encoder and the box decoder instead of the torch modules (LiteMedSAM on a CPU: OpenVINO,
+        attached by :func:`samie_node.engine.runtime_openvino.accelerate`); None: the torch modules.
     """
 
     def __init__(
@@ -154,6 +201,7 @@ class SamSegmenter:
         *,
         lite: bool,
         proposals: BoxProposals | None = None,
+        runtime: SamRuntime | None = None,
     ) -> None:
         self.model = model
         self.identity = identity
@@ -166,6 +214,8 @@ class SamSegmenter:
         self.decoder_batch_size = max(1, placement.decoder_batch_size)
         self.proposals = proposals or BoxProposals(max_area_fraction=settings.max_mask_fraction)
         self.predictor = _EmbeddedPredictor(model)
+        self.runtime = runtime
+        self.box_decoder = BoxDecoder(model)
         self.channels_last = any(
             p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
             for p in model.image_encoder.parameters()
@@ -214,10 +264,13 @@ class SamSegmenter:
         for start in range(0, len(images), self.encoder_batch_size):
             inputs = [self._model_input(image) for image in images[start : start + self.encoder_batch_size]]
             batch = torch.cat([item[0] for item in inputs])
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with inference_context(self.device, self.precision):
-                features = self.model.image_encoder(batch)
+            if self.runtime is not None:
+                features = self.runtime.encode(batch)
+            else:
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with inference_context(self.device, self.precision):
+                    features = self.model.image_encoder(batch)
             features = features.float().contiguous()
             for offset, (_, original, input_size) in enumerate(inputs):
                 embeddings.append(
@@ -245,22 +298,15 @@ class SamSegmenter:
         see bf16 rounding.
         """
         transformed = self._prompt_boxes(embedding, boxes)
-        dense_pe = None
         for start in range(0, len(transformed), self.decoder_batch_size):
             box_torch = torch.as_tensor(
                 transformed[start : start + self.decoder_batch_size], dtype=torch.float, device=self.device
             )
-            with inference_context(self.device, self.precision):
-                if dense_pe is None:
-                    dense_pe = self.model.prompt_encoder.get_dense_pe()
-                sparse, dense = self.model.prompt_encoder(points=None, boxes=box_torch, masks=None)
-                low_res, iou = self.model.mask_decoder(
-                    image_embeddings=embedding.features,
-                    image_pe=dense_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=False,
-                )
+            if self.runtime is not None:
+                low_res, iou = self.runtime.decode(embedding.features, box_torch)
+            else:
+                with inference_context(self.device, self.precision):
+                    low_res, iou = self.box_decoder(embedding.features, box_torch)
             with torch.inference_mode():
                 logits = self._upsample(low_res.float(), embedding)
             yield logits[:, 0], iou[:, 0].float()

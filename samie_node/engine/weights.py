@@ -293,9 +293,20 @@ def default_placement(settings: SegmenterSettings, device: torch.device, precisi
 
 
 def load_segmenter(
-    settings: SegmenterSettings, device: torch.device, precision: torch.dtype | None = None
+    settings: SegmenterSettings,
+    device: torch.device,
+    precision: torch.dtype | None = None,
+    *,
+    runtime: str = "torch",
+    cache_dir: Path | None = None,
 ) -> SamSegmenter:
     """Load the configured segmenter once, warm it up and return it.
+
+    Parameters
+    ----------
+    runtime
+        ``openvino``: LiteMedSAM on a CPU runs through OpenVINO, its graphs exported to and verified in
+        ``cache_dir`` (falling back to torch, with a log line, if that fails); ``torch``: the reference path.
 
     Raises
     ------
@@ -313,5 +324,9 @@ def load_segmenter(
         segmenter = load_medsam(settings.medsam_checkpoint, settings, placement)
     else:
         segmenter = load_litemedsam(settings, placement)
+        if runtime == "openvino" and device.type == "cpu" and cache_dir is not None:
+            from samie_node.engine.runtime_openvino import accelerate
+
+            accelerate(segmenter, cache_dir)
     segmenter.warm_up()
     return segmenter

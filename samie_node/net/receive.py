@@ -12,12 +12,14 @@ Statuses returned to the sender:
 
 =========  ==========================================================================
 0x0000     stored durably and indexed
+0x0122     refused: SOP class not supported (DIMSE negotiation already says so; STOW-RS parts are checked)
 0xA700     out of resources: the disk is full or below the configured free-space floor
 0xC210     cannot understand: the dataset cannot be parsed or lacks a required UID
 0xC211     cannot understand: a UID is not a valid DICOM UID or does not match the request
 0xC212     cannot understand: the instance is larger than ``limits.max_instance_bytes`` (the listener
            stops keeping the fragments once they pass the limit, reads the rest and drops it)
 0xC213     cannot understand: the instance could not be written (I/O error other than a full disk)
+0xC122     cannot understand: transfer syntax not accepted (as for 0x0122, for STOW-RS parts)
 =========  ==========================================================================
 
 Associations are rejected at A-ASSOCIATE time for a wrong called AE title or a peer not on the allow-list
@@ -75,6 +77,8 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_PARSE = 0xC210
 STATUS_INVALID_UID = 0xC211
@@ -247,6 +251,12 @@ class Receiver:
         self._stored = 0
         self._stored_lock = threading.Lock()
         self.ae = self._build_ae()
+        self._sop_classes = frozenset(str(cx.abstract_syntax) for cx in self.ae.supported_contexts)
+
+    @property
+    def listening(self) -> list[tuple[str, int, bool]]:
+        """The bound listeners as (host, port, TLS), for readiness and the console; empty when stopped."""
+        return [(*listener.server_address, listener.ssl_context is not None) for listener in self._listeners]
 
     @property
     def stored(self) -> int:
@@ -359,8 +369,7 @@ class Receiver:
         if request.too_large:
             limit = self._settings.limits.max_instance_bytes
             reason = f"instance of more than {limit} bytes (limits.max_instance_bytes)"
-            self._log_refusal(STATUS_TOO_LARGE, reason, request.peer.calling_ae_title, request.peer.host, request.size)
-            return STATUS_TOO_LARGE
+            return self.refuse(STATUS_TOO_LARGE, reason, request.peer.calling_ae_title, request.peer.host, request.size)
         return self.store(
             request.data,
             sop_class_uid=request.sop_class_uid,
@@ -401,6 +410,10 @@ class Receiver:
                 raise _StoreRefused(STATUS_TOO_LARGE, f"instance of {size} bytes exceeds the limit")
             if self._spool.free_bytes() < self._settings.limits.disk_floor_bytes:
                 raise _StoreRefused(STATUS_OUT_OF_RESOURCES, "free disk space below the configured floor")
+            if sop_class_uid not in self._sop_classes:
+                raise _StoreRefused(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class is not a supported storage class")
+            if transfer_syntax_uid not in ACCEPTED_TRANSFER_SYNTAXES:
+                raise _StoreRefused(STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED, "transfer syntax not accepted")
             try:
                 header = read_header(BytesIO(data), transfer_syntax_uid)
                 incoming = incoming_from_header(
@@ -419,14 +432,11 @@ class Receiver:
             )
             self._spool.store(incoming, [preamble, data])
         except _StoreRefused as refused:
-            self._log_refusal(refused.status, refused.reason, calling, host, size)
-            return refused.status
+            return self.refuse(refused.status, refused.reason, calling, host, size)
         except OutOfSpaceError as exc:
-            self._log_refusal(STATUS_OUT_OF_RESOURCES, str(exc), calling, host, size)
-            return STATUS_OUT_OF_RESOURCES
+            return self.refuse(STATUS_OUT_OF_RESOURCES, str(exc), calling, host, size)
         except SpoolError as exc:
-            self._log_refusal(STATUS_WRITE_FAILED, str(exc), calling, host, size)
-            return STATUS_WRITE_FAILED
+            return self.refuse(STATUS_WRITE_FAILED, str(exc), calling, host, size)
         elapsed_ms = (self._clock() - started) * 1000
         with self._stored_lock:
             self._stored += 1
@@ -450,7 +460,8 @@ class Receiver:
         )
         return STATUS_SUCCESS
 
-    def _log_refusal(self, status: int, reason: str, calling: str, host: str, size: int) -> None:
+    def refuse(self, status: int, reason: str, calling: str, host: str, size: int) -> int:
+        """Log and audit a refused instance; returns ``status`` (STOW-RS refuses parts it cannot read here too)."""
         LOG.warning("C-STORE refused status=0x%04X reason=%s bytes=%d peer=%s@%s", status, reason, size, calling, host)
         self._audit.record(
             "instance_refused",
@@ -460,6 +471,7 @@ class Receiver:
             calling_ae_title=calling,
             peer_host=host,
         )
+        return status
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from samie_node.audit import AuditLog
-from samie_node.config import Peer, Settings
+from samie_node.config import DicomwebPeer, Peer, Settings
 from samie_node.errors import ConfigError, DeliveryError
+from samie_node.net.dicomweb import stow
 from samie_node.net.tls import client_context
 from samie_node.spool import OutputRecord, Spool
 
@@ -127,11 +130,13 @@ def _is_success(status: int) -> bool:
 class Sender:
     """Delivers queued results (the outbox rows of the index) to their destinations.
 
-    One association per destination per round, proposing only the SOP classes of the outputs due and the
-    two uncompressed transfer syntaxes (the node writes Explicit VR Little Endian). Every C-STORE status is
-    checked: success and warnings mark the output sent; out-of-resources, processing failures, aborted
-    associations, refusals and timeouts are retried with exponential backoff up to a cap; anything else,
-    or too many attempts, marks it dead with the reason (``samie-node resend`` can re-queue it).
+    A DICOMweb destination gets one STOW-RS request per round (:mod:`samie_node.net.dicomweb`), whose
+    per-instance answers are treated like C-STORE statuses. A DIMSE destination gets one association per
+    round, proposing only the SOP classes of the outputs due and the two uncompressed transfer syntaxes
+    (the node writes Explicit VR Little Endian). Every status is checked: success and warnings mark the
+    output sent; out-of-resources, processing failures, aborted associations, refusals and timeouts are
+    retried with exponential backoff up to a cap; anything else, or too many attempts, marks it dead with
+    the reason (``samie-node resend`` can re-queue it).
 
     Parameters
     ----------
@@ -154,10 +159,7 @@ class Sender:
         self._spool = spool
         self._audit = audit
         self._clock = clock
-
-    def peer(self, destination: str) -> Peer:
-        """The configured peer for an outbox destination label (TLS and all), else one parsed from it."""
-        return self._settings.send.peer(destination)
+        self._lock = threading.Lock()
 
     def run_once(self) -> bool:
         """Deliver what is due; True if anything was attempted."""
@@ -172,60 +174,27 @@ class Sender:
         return True
 
     def deliver(self, destination: str, outputs: Sequence[OutputRecord]) -> DeliveryCounts:
-        """Send ``outputs`` to ``destination`` over one association and record each result."""
+        """Send ``outputs`` to ``destination`` (one association, or one STOW-RS request) and record each result.
+
+        Outputs already delivered meanwhile are left out: the node's loop and a re-send from the console run
+        in one process, one delivery at a time.
+        """
         counts = DeliveryCounts()
-        try:
-            peer = self.peer(destination)
-        except ConfigError as exc:
-            for output in outputs:
-                self._failed(output, str(exc), transient=False, counts=counts)
-            return counts
-        contexts = [(uid, list(_TRANSFER_SYNTAXES)) for uid in sorted({o.sop_class_uid for o in outputs})]
-        started = time.monotonic()
-        pending = list(outputs)
-        try:
-            with associate(
-                peer,
-                contexts,
-                calling_ae_title=calling_ae_title(self._settings),
-                timeout_s=self._settings.send.timeout_s,
-            ) as assoc:
-                while pending:
-                    output = pending[0]
-                    try:
-                        dataset = pydicom.dcmread(output.path)
-                        if str(dataset.get("SOPInstanceUID", "")) != output.sop_instance_uid or (
-                            str(dataset.get("SOPClassUID", "")) != output.sop_class_uid
-                        ):
-                            raise ValueError("file does not hold the queued instance")
-                    except Exception as exc:  # a missing or damaged output file cannot get better by waiting
-                        pending.pop(0)
-                        self._failed(output, f"output file unusable ({type(exc).__name__}: {exc})"[:200], False, counts)
-                        continue
-                    response = assoc.send_c_store(dataset)
-                    status = int(response.Status) if response and "Status" in response else None
-                    if status is None:
-                        raise DeliveryError(f"{peer.label} gave no C-STORE response (timeout or abort)", transient=True)
-                    pending.pop(0)
-                    if _is_success(status):
-                        self._spool.mark_output_sent(output.id)
-                        counts.sent += 1
-                        if status != 0:
-                            LOG.warning(
-                                "sent with warning 0x%04X sop_instance_uid=%s to %s",
-                                status,
-                                output.sop_instance_uid,
-                                peer.label,
-                            )
-                    else:
-                        self._failed(
-                            output, f"{peer.label} answered C-STORE with 0x{status:04X}", _is_transient(status), counts
-                        )
-                    if not assoc.is_established:
-                        raise DeliveryError(f"{peer.label} closed the association", transient=True)
-        except DeliveryError as exc:
-            for output in pending:
-                self._failed(output, str(exc), exc.transient, counts)
+        with self._lock:
+            outputs = self._spool.still_due(outputs)
+            if not outputs:
+                return counts
+            started = time.monotonic()
+            try:
+                peer = self._settings.send.destination(destination)
+            except ConfigError as exc:
+                for output in outputs:
+                    self._failed(output, str(exc), transient=False, counts=counts)
+                return counts
+            if isinstance(peer, DicomwebPeer):
+                self._deliver_stow(peer, outputs, counts)
+            else:
+                self._deliver_dimse(peer, outputs, counts)
         LOG.info(
             "delivery to %s: sent=%d retrying=%d dead=%d in %.0f ms",
             destination,
@@ -243,6 +212,72 @@ class Sender:
             studies=sorted({o.study_instance_uid for o in outputs}),
         )
         return counts
+
+    def _read(self, output: OutputRecord, counts: DeliveryCounts) -> Dataset | None:
+        """The output's file as a dataset, or None (and a dead letter) when it is missing or not the one queued."""
+        try:
+            dataset = pydicom.dcmread(output.path)
+            if str(dataset.get("SOPInstanceUID", "")) != output.sop_instance_uid or (
+                str(dataset.get("SOPClassUID", "")) != output.sop_class_uid
+            ):
+                raise ValueError("file does not hold the queued instance")
+        except Exception as exc:  # a missing or damaged output file cannot get better by waiting
+            self._failed(output, f"output file unusable ({type(exc).__name__}: {exc})"[:200], False, counts)
+            return None
+        return dataset
+
+    def _deliver_dimse(self, peer: Peer, outputs: Sequence[OutputRecord], counts: DeliveryCounts) -> None:
+        contexts = [(uid, list(_TRANSFER_SYNTAXES)) for uid in sorted({o.sop_class_uid for o in outputs})]
+        pending = list(outputs)
+        try:
+            with associate(
+                peer,
+                contexts,
+                calling_ae_title=calling_ae_title(self._settings),
+                timeout_s=self._settings.send.timeout_s,
+            ) as assoc:
+                while pending:
+                    output = pending[0]
+                    dataset = self._read(output, counts)
+                    if dataset is None:
+                        pending.pop(0)
+                        continue
+                    response = assoc.send_c_store(dataset)
+                    status = int(response.Status) if response and "Status" in response else None
+                    if status is None:
+                        raise DeliveryError(f"{peer.label} gave no C-STORE response (timeout or abort)", transient=True)
+                    pending.pop(0)
+                    self._record_status(output, status, f"{peer.label} answered C-STORE", counts)
+                    if not assoc.is_established:
+                        raise DeliveryError(f"{peer.label} closed the association", transient=True)
+        except DeliveryError as exc:
+            for output in pending:
+                self._failed(output, str(exc), exc.transient, counts)
+
+    def _deliver_stow(self, peer: DicomwebPeer, outputs: Sequence[OutputRecord], counts: DeliveryCounts) -> None:
+        readable = [(output, dataset) for output in outputs if (dataset := self._read(output, counts)) is not None]
+        if not readable:
+            return
+        try:
+            results = stow(peer, [dataset for _, dataset in readable], timeout_s=self._settings.send.timeout_s)
+        except (DeliveryError, ConfigError) as exc:
+            transient = exc.transient if isinstance(exc, DeliveryError) else False
+            for output, _ in readable:
+                self._failed(output, str(exc), transient, counts)
+            return
+        for output, _ in readable:
+            result = results[output.sop_instance_uid]
+            status = 0x0000 if result.stored else (result.failure_reason or 0x0110)
+            self._record_status(output, status, f"{peer.label} answered STOW-RS ({result.note})", counts)
+
+    def _record_status(self, output: OutputRecord, status: int, what: str, counts: DeliveryCounts) -> None:
+        if _is_success(status):
+            self._spool.mark_output_sent(output.id)
+            counts.sent += 1
+            if status != 0:
+                LOG.warning("sent with warning 0x%04X sop_instance_uid=%s: %s", status, output.sop_instance_uid, what)
+        else:
+            self._failed(output, f"{what} with 0x{status:04X}", _is_transient(status), counts)
 
     def _failed(self, output: OutputRecord, reason: str, transient: bool, counts: DeliveryCounts) -> None:
         send = self._settings.send
