@@ -16,132 +16,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
-from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from samie_node.annotation_fit import fit, image_geometry, locate
 from samie_node.annotations import BoxPrompt, read_annotations
+from samie_node.testing.drawn import COMPREHENSIVE_SR, ENHANCED_SR, code, content_item, ohif_group, ohif_report
 from samie_node.testing.sample_studies import ct_series, ultrasound_cine, ultrasound_image
-
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    code = Dataset()
-    with pydicom.config.disable_value_validation():  # OHIF's code values break SH's 16 characters
-        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
-    return code
-
-
-def _item(relationship: str, value_type: str, concept: Dataset | None, **attributes: object) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = value_type
-    if concept is not None:
-        item.ConceptNameCodeSequence = [concept]
-    for keyword, value in attributes.items():
-        setattr(item, keyword, value)
-    return item
-
-
-def _image_item(image: Dataset, frames: Sequence[int] = ()) -> Dataset:
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = image.SOPClassUID
-    reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
-    if frames:
-        reference.ReferencedFrameNumber = list(frames) if len(frames) > 1 else frames[0]
-    return _item("SELECTED FROM", "IMAGE", None, ReferencedSOPSequence=[reference])
-
-
-def ohif_group(
-    image: Dataset | None,
-    tool: str,
-    graphic_type: str,
-    points: Sequence[float],
-    *,
-    frames: Sequence[int] = (),
-    finding: str = "",
-    comment: str = "",
-) -> Dataset:
-    """One measurement group as OHIF 3.13's "Create SR" writes it (dcmjs TID 1500 / TID 300)."""
-    scoord = _item("INFERRED FROM", "SCOORD", None, GraphicType=graphic_type, GraphicData=list(points))
-    if image is not None:
-        scoord.ContentSequence = [_image_item(image, frames)]
-    area = _item("CONTAINS", "NUM", _code("42798000", "SCT", "Area"))
-    value = Dataset()
-    value.MeasurementUnitsCodeSequence = [_code("mm2", "UCUM", "mm2")]
-    value.NumericValue = "1234.5"
-    area.MeasuredValueSequence = [value]
-    area.ContentSequence = [scoord]
-    children = [
-        _item(
-            "HAS OBS CONTEXT",
-            "TEXT",
-            _code("112039", "DCM", "Tracking Identifier"),
-            TextValue=f"Cornerstone3DTools@^0.1.0:{tool}",
-        ),
-        _item("HAS OBS CONTEXT", "UIDREF", _code("112040", "DCM", "Tracking Unique Identifier"), UID=generate_uid()),
-    ]
-    if finding:  # dcmjs: the label as a free-text Finding, its code value longer than SH allows
-        children.append(
-            _item(
-                "CONTAINS",
-                "CODE",
-                _code("121071", "DCM", "Finding"),
-                ConceptCodeSequence=[_code("CORNERSTONEFREETEXT", "CORNERSTONEJS", finding)],
-            )
-        )
-    children.append(area)
-    children.append(_item("CONTAINS", "NUM", _code("373098007", "SCT", "Mean")))
-    if comment:  # OHIF 3.13: the label typed in the measurement panel
-        children.append(_item("CONTAINS", "TEXT", _code("121106", "DCM", "Comment"), TextValue=comment))
-    return _item(
-        "CONTAINS",
-        "CONTAINER",
-        _code("125007", "DCM", "Measurement Group"),
-        ContinuityOfContent="SEPARATE",
-        ContentSequence=children,
-    )
-
-
-def ohif_report(groups: list[Dataset], *, sop_class_uid: str = ENHANCED_SR, root: Dataset | None = None) -> Dataset:
-    """An OHIF SR, written as OHIF writes it (Implicit VR Little Endian) and read back."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = sop_class_uid
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.Modality = "SR"
-    ds.Manufacturer = "Unspecified"
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [root or _code("126000", "DCM", "Imaging Measurement Report")]
-    ds.ContinuityOfContent = "SEPARATE"
-    language = _item(
-        "HAS CONCEPT MOD",
-        "CODE",
-        _code("121049", "DCM", "Language of Content Item and Descendants"),
-        ConceptCodeSequence=[_code("en", "RFC5646", "English")],
-    )
-    observer = _item(
-        "HAS OBS CONTEXT", "PNAME", _code("121008", "DCM", "Person Observer Name"), PersonName="unknown^unknown"
-    )
-    library = _item("CONTAINS", "CONTAINER", _code("111028", "DCM", "Image Library"), ContinuityOfContent="SEPARATE")
-    measurements = _item(
-        "CONTAINS",
-        "CONTAINER",
-        _code("126010", "DCM", "Imaging Measurements"),
-        ContinuityOfContent="SEPARATE",
-        ContentSequence=groups,
-    )
-    ds.ContentSequence = [language, observer, library, measurements]
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=False)
-    return pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
 
 
 def _boxes(prompts: Sequence[BoxPrompt]) -> list[tuple[float, ...]]:
@@ -243,7 +125,7 @@ def test_hostile_reports_skip_with_reasons_and_the_rest_carries_on() -> None:
     assert "marks points" in reasons["measurement group 7"]
     assert "4 points" in reasons["measurement group 8"]
 
-    not_a_report = read_annotations(ohif_report([], root=_code("18748-4", "LN", "Diagnostic imaging report")))
+    not_a_report = read_annotations(ohif_report([], root=code("18748-4", "LN", "Diagnostic imaging report")))
     assert not not_a_report.prompts and "not a measurement report" in not_a_report.skipped[0].reason
     empty = read_annotations(ohif_report([]))
     assert "no measurement group" in empty.skipped[0].reason
@@ -278,7 +160,7 @@ def test_unreadable_content_skips_its_group_only() -> None:
 
     nested = ohif_group(image, "RectangleROI", "POLYLINE", rectangle)
     for _ in range(40):
-        nested = _item("CONTAINS", "CONTAINER", _code("111028", "DCM", "Image Library"), ContentSequence=[nested])
+        nested = content_item("CONTAINS", "CONTAINER", code("111028", "DCM", "Image Library"), ContentSequence=[nested])
     deep = read_annotations(ohif_report([nested]))
     assert not deep.prompts and "no measurement group" in deep.skipped[0].reason
 
