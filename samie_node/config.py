@@ -283,6 +283,26 @@ class OutputSettings(_Strict):
     series_number_sc: int = 9903
 
 
+class PromptSettings(_Strict):
+    """Annotations (TID 1500 SRs, presentation states) drawn on a study's images, answered as box prompts."""
+
+    enabled: bool = True
+    series_number_seg: int = 9904
+    series_number_sr: int = 9905
+    retrieve_from: str | None = None
+    retrieve_method: Literal["move", "get"] = "move"
+    retrieve_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retrieve_peer(self) -> PromptSettings:
+        if self.retrieve_from is not None:
+            try:
+                Peer.parse(self.retrieve_from)
+            except ConfigError as exc:
+                raise ValueError(f"prompts.retrieve_from: {exc}") from exc
+        return self
+
+
 class SendSettings(_Strict):
     """How results travel back to the PACS."""
 
@@ -369,6 +389,7 @@ class Settings(BaseSettings):
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
