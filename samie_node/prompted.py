@@ -242,7 +242,7 @@ def _encode_segmentations(study: StudyContext, job: PromptJob, key: str) -> Segm
         for number, (drawn, region) in enumerate(mine, start=1):
             region.number = number
             labels.append(drawn.label or template.region.label.format(number=number))
-        specs = [SegmentSpec(n, label, template.colour(n)) for n, label in enumerate(labels, start=1)]
+        specs = [SegmentSpec(n, label, template.colour(n), True) for n, label in enumerate(labels, start=1)]
         regions = [region for _, region in mine]
         seg = build_segmentation(
             unit,

@@ -97,6 +97,7 @@ def test_rectangle_around_the_lesion_gives_its_mask_and_one_elsewhere_gives_anot
     rows, columns = np.nonzero(other)
     assert columns.min() >= 20 and columns.max() < 80 and rows.min() >= 20 and rows.max() < 70
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion A", "Region 2"]
+    assert {s.SegmentAlgorithmType for s in seg.SegmentSequence} == {"SEMIAUTOMATIC"}
     prompts = settings.prompts
     assert (seg.SeriesNumber, sr.SeriesNumber) == (prompts.series_number_seg, prompts.series_number_sr)
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == image.StudyInstanceUID
