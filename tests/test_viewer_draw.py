@@ -20,7 +20,7 @@ import pytest
 from engine_fixtures import dice
 from peers import running_node
 from test_prompted import MIN_DICE, lesion_box
-from test_prompted_serve import LUA, PROMPTED_SEG_SERIES, segment_mask, segs_in
+from test_prompted_serve import LUA, PROMPTED_SEG_SERIES, segs_in
 from viewer_support import CHROMIUM, VIEWER_DIR, require_viewer_parts, running_dicomweb_orthanc, running_viewer
 
 from samie_node.testing.sample_studies import ultrasound_image, write_datasets
@@ -69,6 +69,22 @@ def inside(mask: np.ndarray, rect: tuple[float, ...], slack: float = 1.0) -> boo
     )
 
 
+def labelled_mask(segs: list[pydicom.Dataset], label: str) -> np.ndarray:
+    """The mask of the segment named ``label`` in any of ``segs`` (a report may hold earlier drawings too)."""
+    for seg in segs:
+        numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence if s.SegmentLabel == label}
+        if numbers:
+            frames = np.asarray(seg.pixel_array, bool).reshape(-1, ROWS, COLUMNS)
+            per_frame = seg.PerFrameFunctionalGroupsSequence
+            chosen = [
+                i
+                for i, item in enumerate(per_frame)
+                if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) in numbers
+            ]
+            return frames[chosen].any(axis=0)
+    raise AssertionError(f"no segment named {label!r} in {len(segs)} prompted SEG(s)")
+
+
 def test_a_rectangle_drawn_in_ohif_comes_back_as_a_segmentation(tmp_path: Path) -> None:
     image, lesion = ultrasound_image(rows=ROWS, columns=COLUMNS, seed=51)
     study = str(image.StudyInstanceUID)
@@ -84,17 +100,18 @@ def test_a_rectangle_drawn_in_ohif_comes_back_as_a_segmentation(tmp_path: Path) 
         running_viewer(f"http://127.0.0.1:{orthanc.http_port}/dicom-web", log_path=tmp_path / "viewer.log") as url,
     ):
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)
-        orthanc.upload(path)
-        drawn: list[pydicom.Dataset] = []
+        orthanc.store_to("samie", [orthanc.upload(path)])  # processed before anything is drawn
+        node.wait_for_study(study, {"done"})
+        segs_in(orthanc, study, 9901, 1)
+        drawn: list[np.ndarray] = []
         for count, (rect, label) in enumerate(((around, "lesion"), (away, "elsewhere")), start=1):
             result = draw(url, study, str(image.SOPInstanceUID), rect, label, tmp_path / f"draw-{label}")
             assert result.get("stow"), result
             files = segs_in(orthanc, study, PROMPTED_SEG_SERIES, count)
-            segs = [pydicom.dcmread(pydicom.filebase.DicomBytesIO(f)) for f in files]
-            drawn.append(next(s for s in segs if s.SegmentSequence[0].SegmentLabel == label))
+            drawn.append(labelled_mask([pydicom.dcmread(pydicom.filebase.DicomBytesIO(f)) for f in files], label))
         truth = lesion.mask(ROWS, COLUMNS)
-        on_lesion = segment_mask(drawn[0], ROWS, COLUMNS)
+        on_lesion = drawn[0]
         assert dice(on_lesion, truth) >= MIN_DICE and inside(on_lesion, around)
-        off = segment_mask(drawn[1], ROWS, COLUMNS)
+        off = drawn[1]
         assert off.any() and inside(off, away) and dice(off, truth) < 0.1
         assert node.alive()
