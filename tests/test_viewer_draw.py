@@ -10,8 +10,6 @@ rectangle drawn away from the lesion must give a mask inside that rectangle and 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from engine_fixtures import dice
 from peers import running_node
 from test_prompted import MIN_DICE, lesion_box
 from test_prompted_serve import LUA, PROMPTED_SEG_SERIES, segs_in
-from viewer_support import CHROMIUM, VIEWER_DIR, require_viewer_parts, running_dicomweb_orthanc, running_viewer
+from viewer_support import run_driver, running_dicomweb_orthanc, running_viewer
 
 from samie_node.testing.sample_studies import ultrasound_image, write_datasets
 
@@ -32,30 +30,8 @@ ROWS, COLUMNS = 256, 256
 
 def draw(url: str, study: str, image: str, rect: tuple[float, ...], label: str, out: Path) -> dict[str, object]:
     """Run ``draw.mjs``: OHIF draws ``rect`` (image coordinates) on ``image`` and stores the report."""
-    node = require_viewer_parts()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "url": url,
-        "study": study,
-        "image": image,
-        "rect": list(rect),
-        "label": label,
-        "report_name": f"drawn {label}",
-        "out": str(out),
-        "chromium": CHROMIUM,
-    }
-    (out / "plan.json").write_text(json.dumps(plan))
-    done = subprocess.run(
-        [node, str(VIEWER_DIR / "draw.mjs"), str(out / "plan.json")],
-        cwd=VIEWER_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    (out / "draw.log").write_text(done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"draw.mjs exited with {done.returncode}:\n{done.stderr[-4000:]}")
-    return dict(json.loads((out / "results.json").read_text()))
+    plan = {"url": url, "study": study, "image": image, "rect": list(rect), "label": label}
+    return run_driver("draw.mjs", {**plan, "report_name": f"drawn {label}"}, out, timeout=300)
 
 
 def inside(mask: np.ndarray, rect: tuple[float, ...], slack: float = 1.0) -> bool:

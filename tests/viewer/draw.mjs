@@ -22,45 +22,9 @@
 // Writes <out>/results.json and prints it as the last line of stdout; exit 1 on failure.
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { dismissTour, launch, logger, scrollTo, waitFor } from './browser.mjs';
 
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-const STEP_TIMEOUT_MS = 90_000;
-
-function log(message) {
-  process.stderr.write(`[draw ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
-
-async function waitFor(page, predicate, what, timeoutMs = STEP_TIMEOUT_MS, arg = undefined) {
-  try {
-    await page.waitForFunction(predicate, arg, { timeout: timeoutMs, polling: 250 });
-  } catch (err) {
-    throw new Error(`timed out waiting for ${what}: ${err.message.split('\n')[0]}`);
-  }
-}
-
-// In the page: the default viewport (cornerstone 3D, exposed by OHIF as window.cornerstone).
-function viewportState() {
-  const cs = window.cornerstone;
-  const elements = cs ? cs.getEnabledElements() : [];
-  const enabled = elements.find((e) => e.viewport.id === 'default') || elements[0];
-  if (!enabled) {
-    return null;
-  }
-  const vp = enabled.viewport;
-  const imageId = vp.getCurrentImageId ? vp.getCurrentImageId() : null;
-  const ids = vp.getImageIds ? vp.getImageIds() : [];
-  return { imageId, index: ids.indexOf(imageId), imageIds: ids, hasImage: Boolean(vp.csImage) };
-}
+const log = logger('draw');
 
 // In the page: image (x, y) points -> page CSS pixels, as drive.mjs's imageGeometry() does.
 function imageToPage(points) {
@@ -105,41 +69,11 @@ function measurementAnnotations() {
     });
 }
 
-async function dismissTour(page, waitMs) {
-  const skip = page.locator('.shepherd-element').getByRole('button', { name: 'Skip all' });
-  try {
-    await skip.waitFor({ state: 'visible', timeout: waitMs });
-  } catch {
-    return false;
-  }
-  await skip.click();
-  await page.locator('.shepherd-element').waitFor({ state: 'detached', timeout: 10_000 });
-  return true;
-}
-
 async function showImage(page, sopInstanceUid) {
-  let direction = 100;
-  let lastDistance = Infinity;
-  for (let step = 0; step < 400; step++) {
-    const state = await page.evaluate(viewportState);
-    const target = state.imageIds.findIndex((id) => id.includes(`/instances/${sopInstanceUid}/`));
-    if (target < 0) {
-      throw new Error(`image ${sopInstanceUid} is not in the displayed series`);
-    }
-    const distance = Math.abs(target - state.index);
-    if (distance === 0) {
-      return step;
-    }
-    if (distance > lastDistance) {
-      direction = -direction;
-    }
-    lastDistance = distance;
+  return scrollTo(page, sopInstanceUid, async () => {
     const [x, y, w, h] = (await page.evaluate(imageToPage, [])).viewport;
-    await page.mouse.move(x + w / 2, y + h / 2);
-    await page.mouse.wheel(0, direction);
-    await page.waitForTimeout(120);
-  }
-  throw new Error(`could not scroll to image ${sopInstanceUid}`);
+    return [x + w / 2, y + h / 2];
+  });
 }
 
 async function shot(page, out, name, shots) {
@@ -159,13 +93,7 @@ async function main() {
     timings[what] = (Date.now() - started) / 1000;
     log(`${what} (${timings[what]} s)`);
   };
-  const browser = await chromium.launchPersistentContext(profile, {
-    executablePath: plan.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: CHROMIUM_FLAGS,
-    viewport: plan.viewport || { width: 1280, height: 800 },
-    deviceScaleFactor: 1,
-  });
+  const browser = await launch(plan, profile);
   const results = { url: plan.url, study: plan.study, rect: plan.rect, errors: [], stow: [], screenshots: [], timings };
   const page = await browser.newPage();
   page.on('pageerror', (err) => results.errors.push(`pageerror: ${err.message.split('\n')[0]}`));
