@@ -255,7 +255,9 @@ class Worker:
                     ),
                 )
                 self.queue_outputs(flight.record, result)
-                summary = result.summary
+                previous = StudySummary.from_dict(flight.record.result)
+                answered = previous.answered_annotations if previous is not None else []
+                summary = replace(result.summary, answered_annotations=answered)
                 if flight.prompts is not None:
                     flight.summary = summary
                     self._start_prompted(finished.key, flight, StageTimer())
