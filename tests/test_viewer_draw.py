@@ -51,11 +51,16 @@ def labelled_mask(segs: list[pydicom.Dataset], label: str) -> np.ndarray:
         numbers = {int(s.SegmentNumber) for s in seg.SegmentSequence if s.SegmentLabel == label}
         if numbers:
             frames = np.asarray(seg.pixel_array, bool).reshape(-1, ROWS, COLUMNS)
-            per_frame = seg.PerFrameFunctionalGroupsSequence
+            shared = seg.SharedFunctionalGroupsSequence[0]
             chosen = [
                 i
-                for i, item in enumerate(per_frame)
-                if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) in numbers
+                for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
+                if int(
+                    (item if "SegmentIdentificationSequence" in item else shared)
+                    .SegmentIdentificationSequence[0]
+                    .ReferencedSegmentNumber
+                )
+                in numbers
             ]
             return frames[chosen].any(axis=0)
     raise AssertionError(f"no segment named {label!r} in {len(segs)} prompted SEG(s)")
