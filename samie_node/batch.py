@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from samie_node.files import write_atomically
 from samie_node.net.send import calling_ae_title, store_files
 from samie_node.pipeline import StudyResult, encode_study, load_images
 from samie_node.previews import write_previews
+from samie_node.prompted import PromptJob, annotation_objects, encode_prompted, merge_summaries, plan_prompts
 from samie_node.scheduler import FinishedStudy, Scheduler
 from samie_node.timing import StageTimer
 from samie_node.uids import is_valid_uid
@@ -91,10 +92,32 @@ def write_result(result: StudyResult, folder: Path) -> tuple[list[Path], list[Pa
     return written, previews
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
+    """A study of the batch: its automatic part, then the regions drawn in its annotation objects."""
+
     files: list[Path]
     selection: Selection
+    prompts: PromptJob | None = None
+    automatic: FinishedStudy | None = None  # set once the automatic part is back and the prompted part runs
+
+    def prompted_next(self, finished: FinishedStudy) -> bool:
+        """True when the automatic part just finished and drawn regions are to be segmented next."""
+        return (
+            self.automatic is None
+            and finished.inference is not None
+            and self.prompts is not None
+            and bool(self.prompts.regions)
+        )
+
+
+def load_job(files: list[Path], settings: Settings) -> _Job:
+    """A study's images, and the regions drawn in its annotation objects (the node's own excluded)."""
+    selection = load_images(files, settings)
+    if not settings.prompts.enabled:
+        return _Job(files, selection)
+    annotations = annotation_objects(files, settings.output.manufacturer)
+    return _Job(files, selection, plan_prompts(annotations, selection.images) if annotations else None)
 
 
 @dataclass(frozen=True)
@@ -132,17 +155,7 @@ class _Batch:
         """Encode and write a study the engine finished, send it when asked, then mark it done."""
         study_uid = finished.key
         try:
-            if finished.inference is None:
-                raise SamieNodeError(finished.error)
-            result = encode_study(
-                job.selection,
-                finished.inference,
-                self.models,
-                self.templates,
-                self.settings,
-                finished.timer,
-                overlays_for_destinations=bool(self.destination and self.destination.secondary_capture),
-            )
+            result = self._encode(finished, job)
             written, previews = write_result(result, self.out_dir / study_uid)
         except SamieNodeError as exc:
             LOG.warning("study failed study_instance_uid=%s: %s", study_uid, exc)
@@ -166,6 +179,35 @@ class _Batch:
             }
             write_atomically(self.out_dir / study_uid / RESULT_FILE, json.dumps(record, indent=2).encode("utf-8"))
         return outcome
+
+    def _encode(self, finished: FinishedStudy, job: _Job) -> StudyResult:
+        """The automatic results and, when regions were drawn, the prompted ones added."""
+        automatic = job.automatic or finished
+        if automatic.inference is None:
+            raise SamieNodeError(automatic.error)
+        result = encode_study(
+            job.selection,
+            automatic.inference,
+            self.models,
+            self.templates,
+            self.settings,
+            automatic.timer,
+            overlays_for_destinations=bool(self.destination and self.destination.secondary_capture),
+        )
+        if job.prompts is None:
+            return result
+        if job.automatic is None:  # nothing drawn could be segmented
+            notes = [*result.summary.notes, *job.prompts.notes()]
+            return replace(result, summary=replace(result.summary, notes=notes))
+        if finished.inference is None:
+            note = f"drawn regions not answered: {finished.error}"
+            return replace(result, summary=replace(result.summary, notes=[*result.summary.notes, note]))
+        drawn = encode_prompted(
+            job.prompts, finished.inference, self.models, self.templates, self.settings, finished.timer
+        )
+        return replace(
+            result, outputs=result.outputs + drawn.outputs, summary=merge_summaries(result.summary, drawn.summary)
+        )
 
     def _send(self, outcome: StudyOutcome, written: list[Path], result: StudyResult, destination: Peer) -> None:
         try:
@@ -231,8 +273,14 @@ def process_paths(
                 continue
             timer = StageTimer()
             with timer.stage("load"):
-                jobs[study_uid] = _Job(files, load_images(files, settings))
+                jobs[study_uid] = load_job(files, settings)
             scheduler.add(study_uid, jobs[study_uid].selection.images, timer)
         for finished in scheduler.step(timeout_s=1.0):
-            record(batch.finish(finished, jobs.pop(finished.key)))
+            job = jobs.pop(finished.key)
+            if job.prompted_next(finished) and job.prompts is not None:
+                job.automatic = finished
+                jobs[finished.key] = job
+                scheduler.add(finished.key, job.prompts.images, StageTimer(), job.prompts.frame_prompts())
+                continue
+            record(batch.finish(finished, job))
     return [outcomes[uid] for uid in studies if uid in outcomes], unusable

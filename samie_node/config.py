@@ -264,11 +264,12 @@ def _default_profiles() -> dict[str, StructureProfile]:
 class SegmenterSettings(_Strict):
     """The Segment Anything model that makes the masks."""
 
-    kind: Literal["litemedsam", "sam"] = "litemedsam"
+    kind: Literal["litemedsam", "sam", "medsam"] = "litemedsam"
     mode: Literal["auto", "box"] = "auto"
     box: tuple[float, float, float, float] | None = None
     sam_model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
     sam_checkpoint: Path | None = None
+    medsam_checkpoint: Path | None = None
     points_per_side: int = Field(default=32, ge=2, le=128)
     pred_iou_thresh: float = Field(default=0.7, ge=0, le=1)
     stability_score_thresh: float = Field(default=0.85, ge=0, le=1)
@@ -297,6 +298,11 @@ class SegmenterSettings(_Strict):
     def _sam_needs_checkpoint(self) -> SegmenterSettings:
         if self.kind == "sam" and self.sam_checkpoint is None:
             raise ValueError("segmenter.kind = 'sam' needs segmenter.sam_checkpoint (nothing is downloaded)")
+        if self.kind == "medsam" and self.medsam_checkpoint is None:
+            raise ValueError(
+                "segmenter.kind = 'medsam' needs segmenter.medsam_checkpoint, the medsam_vit_b.pth you provide "
+                "(nothing is downloaded)"
+            )
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if not (x1 > x0 and y1 > y0):
@@ -350,6 +356,26 @@ class OutputSettings(_Strict):
     series_number_seg: int = 9901
     series_number_sr: int = 9902
     series_number_sc: int = 9903
+
+
+class PromptSettings(_Strict):
+    """Annotations (TID 1500 SRs, presentation states) drawn on a study's images, answered as box prompts."""
+
+    enabled: bool = True
+    series_number_seg: int = 9904
+    series_number_sr: int = 9905
+    retrieve_from: str | None = None
+    retrieve_method: Literal["move", "get"] = "move"
+    retrieve_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retrieve_peer(self) -> PromptSettings:
+        if self.retrieve_from is not None:
+            try:
+                Peer.parse(self.retrieve_from)
+            except ConfigError as exc:
+                raise ValueError(f"prompts.retrieve_from: {exc}") from exc
+        return self
 
 
 class SendSettings(_Strict):
@@ -456,6 +482,7 @@ class Settings(BaseSettings):
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

@@ -59,3 +59,7 @@ class DeliveryError(SamieNodeError):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class AnnotationError(InvalidInputError):
+    """A drawn region cannot become a box prompt (degenerate shape, missing image or frame, no geometry)."""

@@ -12,6 +12,7 @@ the few frames shown in previews and overlays are decoded again here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ class StudyResult:
 
 
 @dataclass(frozen=True)
-class _Study:
+class StudyContext:
     """What the encoding steps share: the study, its engine results and the node's identity."""
 
     uid: str
@@ -192,7 +193,9 @@ def encode_study(
         settings.output.manufacturer,
         model_version,
     )
-    study = _Study(study_uid, selection.images, inference, models.algorithm, models, templates, settings, overlays)
+    study = StudyContext(
+        study_uid, selection.images, inference, models.algorithm, models, templates, settings, overlays
+    )
     with timer.stage("encode"):
         classification = combine_classification(study)
         encoded = encode_segmentations(study, classification)
@@ -215,7 +218,7 @@ def encode_study(
 
 
 @dataclass
-class _Segmentations:
+class Segmentations:
     """What encoding the study's SEGs produced."""
 
     outputs: list[OutputObject] = field(default_factory=list)
@@ -224,10 +227,10 @@ class _Segmentations:
     regions: dict[str, list[Region]] = field(default_factory=dict)  # SEG SOP Instance UID -> its segments
 
 
-def encode_segmentations(study: _Study, classification: Classification | None) -> _Segmentations:
+def encode_segmentations(study: StudyContext, classification: Classification | None) -> Segmentations:
     """One SEG per unit a SEG can reference, a segment and a finding per region; overlays (and a note) for
     the units a SEG cannot reference."""
-    encoded = _Segmentations()
+    encoded = Segmentations()
     for index, unit in enumerate(plan_units(study.inference.usable), start=1):
         if unit.seg_possible:
             frames = [study.inference.frames[key] for key in unit.frame_keys]
@@ -235,7 +238,7 @@ def encode_segmentations(study: _Study, classification: Classification | None) -
             seg = _segmentation(study, unit, index, frames, regions, _series_description(study, classification))
             encoded.outputs.append(OutputObject("SEG", seg))
             encoded.regions[str(seg.SOPInstanceUID)] = regions
-            encoded.findings += [_finding(study, unit, seg, region, frames) for region in regions]
+            encoded.findings += [region_finding(study, unit, seg, region, frames) for region in regions]
             continue
         encoded.notes.append(
             f"multi-frame image {unit.key} has no frame of reference: a SEG cannot reference it, "
@@ -252,7 +255,7 @@ def encode_segmentations(study: _Study, classification: Classification | None) -
     return encoded
 
 
-def _series_description(study: _Study, classification: Classification | None) -> str:
+def _series_description(study: StudyContext, classification: Classification | None) -> str:
     """The SEG's series description; with a classifier it names the study's class and its probability,
     which OHIF shows as the segmentation's name (thumbnail and segmentation panel)."""
     text = study.templates.segments.series_description
@@ -262,7 +265,7 @@ def _series_description(study: _Study, classification: Classification | None) ->
 
 
 def _segmentation(
-    study: _Study,
+    study: StudyContext,
     unit: SegUnit,
     index: int,
     frames: list[FrameResult],
@@ -298,8 +301,16 @@ def _segmentation(
     )
 
 
-def _finding(study: _Study, unit: SegUnit, seg: Dataset, region: Region, frames: list[FrameResult]) -> RegionFinding:
-    """What the SR says of one region: its numbers and its outline where it is largest."""
+def region_finding(
+    study: StudyContext,
+    unit: SegUnit,
+    seg: Dataset,
+    region: Region,
+    frames: list[FrameResult],
+    label: str | None = None,
+) -> RegionFinding:
+    """What the SR says of one region: its numbers and its outline where it is largest (``label``: the
+    region's name, else the template's numbered one)."""
     by_key = {frame.key: frame for frame in frames}
     stats = region_stats(region, by_key)
     sop_instance_uid, frame_number = stats.largest_frame
@@ -308,7 +319,7 @@ def _finding(study: _Study, unit: SegUnit, seg: Dataset, region: Region, frames:
     return RegionFinding(
         segmentation=seg,
         segment_number=region.number,
-        label=study.templates.segments.region.label_for(region.number, merged=region.merged),
+        label=label or study.templates.segments.region.label_for(region.number, merged=region.merged),
         area=stats.area,
         area_in_mm2=stats.area_in_mm2,
         mean_value=stats.mean_value,
@@ -325,7 +336,9 @@ def _finding(study: _Study, unit: SegUnit, seg: Dataset, region: Region, frames:
     )
 
 
-def study_overlays(study: _Study, *, for_destinations: bool) -> tuple[list[tuple[str, np.ndarray]], list[OutputObject]]:
+def study_overlays(
+    study: StudyContext, *, for_destinations: bool
+) -> tuple[list[tuple[str, np.ndarray]], list[OutputObject]]:
     """PNG previews of the frames with the largest regions and, when asked, their overlays for destinations."""
     no_seg = {unit.key for unit in plan_units(study.inference.usable) if not unit.seg_possible}
     candidates = (frame for frame in study.inference.frames.values() if frame.sop_instance_uid not in no_seg)
@@ -346,7 +359,7 @@ def study_overlays(study: _Study, *, for_destinations: bool) -> tuple[list[tuple
     return previews, overlays
 
 
-def combine_classification(study: _Study) -> Classification | None:
+def combine_classification(study: StudyContext) -> Classification | None:
     """The study's class: the mean of the per-image probabilities (None without a classifier)."""
     probabilities = study.inference.probabilities
     if study.models.class_labels is None or probabilities is None:
@@ -358,7 +371,7 @@ def combine_classification(study: _Study) -> Classification | None:
     return Classification(labels, probabilities.mean(axis=0), len(probabilities))
 
 
-def totals(study: _Study, findings: list[RegionFinding]) -> StudyTotals:
+def totals(study: StudyContext, findings: list[RegionFinding]) -> StudyTotals:
     """All regions of the study together (areas in mm2 only when every region's is)."""
     in_mm2 = all(finding.area_in_mm2 for finding in findings)
     return StudyTotals(
@@ -370,8 +383,8 @@ def totals(study: _Study, findings: list[RegionFinding]) -> StudyTotals:
 
 
 def encode_report(
-    study: _Study,
-    encoded: _Segmentations,
+    study: StudyContext,
+    encoded: Segmentations,
     outputs: list[OutputObject],
     classification: Classification | None,
 ) -> OutputObject:
@@ -395,10 +408,10 @@ def encode_report(
 
 
 def summarise(
-    study: _Study,
+    study: StudyContext,
     outputs: list[OutputObject],
     classification: Classification | None,
-    encoded: _Segmentations,
+    encoded: Segmentations,
     timer: StageTimer,
 ) -> StudySummary:
     """The typed summary the index, ``status``, the demo and the console read."""
@@ -424,4 +437,11 @@ def summarise(
         timings_ms=timer.rounded(),
         model_version=study.algorithm.model_version,
         output_files=[OutputFile(o.kind, o.sop_class_uid, o.sop_instance_uid) for o in outputs],
+        images_digest=images_digest(study.images),
     )
+
+
+def images_digest(images: Sequence[Candidate]) -> str:
+    """A fingerprint of which images were processed (their SOP Instance UIDs, in any order)."""
+    uids = sorted(str(candidate.header.SOPInstanceUID) for candidate in images)
+    return hashlib.sha256("\n".join(uids).encode("ascii", "replace")).hexdigest()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from samie_node.config import Settings
 from samie_node.engine.backend import ChunkDone, ChunkFailed, ChunkLost, ChunkOutcome, ChunkTask, Engine
-from samie_node.engine.infer import ChunkResult, Inference, SourceImage, assemble, cut_chunks
+from samie_node.engine.infer import ChunkResult, FramePrompt, Inference, SourceImage, assemble, cut_chunks
 from samie_node.engine.selection import Candidate
 from samie_node.errors import SamieNodeError
 from samie_node.timing import StageTimer
@@ -49,6 +49,7 @@ class _Study:
     running: set[int] = field(default_factory=set)
     results: dict[int, ChunkResult] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    prompts: dict[str, tuple[FramePrompt, ...]] = field(default_factory=dict)
 
     @property
     def images_left(self) -> int:
@@ -96,10 +97,17 @@ class Scheduler:
         """How many more studies it takes (``engine.max_studies_in_flight``)."""
         return max(0, self._settings.max_studies_in_flight - len(self._studies))
 
-    def add(self, key: str, images: Sequence[Candidate], timer: StageTimer | None = None) -> None:
-        """Take a study's selected images (a study with none finishes at once, with an empty result)."""
+    def add(
+        self,
+        key: str,
+        images: Sequence[Candidate],
+        timer: StageTimer | None = None,
+        prompts: dict[str, tuple[FramePrompt, ...]] | None = None,
+    ) -> None:
+        """Take a study's selected images (a study with none finishes at once, with an empty result);
+        ``prompts`` (SOP Instance UID -> box prompts) makes it a prompted job on those images."""
         chunks = cut_chunks(images, self._settings.chunk_images)
-        study = _Study(key, list(images), chunks, next(self._arrivals), timer or StageTimer())
+        study = _Study(key, list(images), chunks, next(self._arrivals), timer or StageTimer(), prompts=prompts or {})
         study.pending.extend(range(len(chunks)))
         self._studies[key] = study
         if not chunks:
@@ -129,7 +137,7 @@ class Scheduler:
             task_id = next(self._ids)
             self._tasks[task_id] = (study.key, index)
             study.running.add(index)
-            self._engine.submit(ChunkTask(task_id, tuple(_read(c) for c in study.chunks[index])))
+            self._engine.submit(ChunkTask(task_id, tuple(_read(c, study.prompts) for c in study.chunks[index])))
 
     def _record(self, outcome: ChunkOutcome) -> None:
         key, index = self._tasks.pop(outcome.task_id, ("", -1))
@@ -181,18 +189,24 @@ class Scheduler:
         self._finished.append(FinishedStudy(study.key, None, reason, study.timer))
 
 
-def _read(candidate: Candidate) -> SourceImage:
+def _read(candidate: Candidate, prompts: dict[str, tuple[FramePrompt, ...]]) -> SourceImage:
     """A chunk image's bytes, read from the node's own files (empty when the file is gone: the engine
-    then skips it as undecodable)."""
+    then skips it as undecodable), with its box prompts if any."""
     uid = str(candidate.header.SOPInstanceUID)
     try:
-        return SourceImage(uid, candidate.path.read_bytes())
+        return SourceImage(uid, candidate.path.read_bytes(), prompts.get(uid, ()))
     except OSError as exc:
         LOG.warning("cannot read sop_instance_uid=%s: %s", uid, exc.strerror or type(exc).__name__)
         return SourceImage(uid, b"")
 
 
-def run_one(engine: Engine, images: Sequence[Candidate], settings: Settings, timer: StageTimer) -> Inference:
+def run_one(
+    engine: Engine,
+    images: Sequence[Candidate],
+    settings: Settings,
+    timer: StageTimer,
+    prompts: dict[str, tuple[FramePrompt, ...]] | None = None,
+) -> Inference:
     """One study through the engine, waiting for it (``process_study`` and the tests).
 
     Raises
@@ -201,7 +215,7 @@ def run_one(engine: Engine, images: Sequence[Candidate], settings: Settings, tim
         If the engine failed the study.
     """
     scheduler = Scheduler(engine, settings)
-    scheduler.add("study", images, timer)
+    scheduler.add("study", images, timer, prompts)
     while True:
         for finished in scheduler.step(timeout_s=1.0):
             if finished.inference is None:

@@ -54,6 +54,11 @@ class StudySummary:
         The identity of the models (also in the output UIDs).
     output_files
         Every object written.
+    images_digest
+        Fingerprint of the SOP Instance UIDs of the images processed automatically: an annotation arriving
+        later, with no new image, re-opens the study for its prompts alone.
+    answered_annotations
+        SOP Instance UIDs of the annotation objects (SRs, presentation states) answered with a prompted SEG.
     """
 
     images: int
@@ -67,6 +72,8 @@ class StudySummary:
     timings_ms: dict[str, float]
     model_version: str
     output_files: list[OutputFile] = field(default_factory=list)
+    images_digest: str = ""
+    answered_annotations: list[str] = field(default_factory=list)
 
     NO_CLASSIFIER = "no classifier configured: no classification was made"
 
@@ -98,4 +105,6 @@ class StudySummary:
             timings_ms=dict(data.get("timings_ms", {})),
             model_version=str(data.get("model_version", "")),
             output_files=[OutputFile(**item) for item in data.get("output_files", [])],
+            images_digest=str(data.get("images_digest", "")),
+            answered_annotations=[str(uid) for uid in data.get("answered_annotations", [])],
         )

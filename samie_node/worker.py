@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from samie_node.annotations import is_annotation_object
 from samie_node.audit import AuditLog
 from samie_node.config import DicomwebPeer, Peer, Settings
 from samie_node.encode.part10 import encode_file
@@ -32,10 +34,23 @@ from samie_node.engine.selection import Selection
 from samie_node.errors import ModelError, SamieNodeError
 from samie_node.pipeline import StudyResult, encode_study, load_images
 from samie_node.previews import write_previews
+from samie_node.prompted import (
+    PromptJob,
+    annotation_objects,
+    encode_prompted,
+    merge_summaries,
+    needs_automatic,
+    plan_prompts,
+)
+from samie_node.records import InstanceRecord
 from samie_node.scheduler import FinishedStudy, Scheduler
 from samie_node.spool import Spool, StudyRecord
 from samie_node.status import write_engine_state
+from samie_node.summary import StudySummary
 from samie_node.timing import StageTimer
+
+#: Fetches a study from the PACS into the spool (C-MOVE or C-GET); returns why it failed, "" when it did not.
+Retriever = Callable[[str], str]
 
 LOG = logging.getLogger("samie_node.worker")
 
@@ -53,9 +68,14 @@ def destinations_for(study: StudyRecord, settings: Settings) -> list[Peer | Dico
 
 @dataclass
 class _InFlight:
+    """A claimed study: its automatic part, then (when something was drawn) its prompted part."""
+
     record: StudyRecord
     selection: Selection
     started: float
+    prompts: PromptJob | None = None
+    stage: Literal["automatic", "prompted"] = "automatic"
+    summary: StudySummary | None = None  # the automatic part's, merged with the prompted part's
 
 
 class Worker:
@@ -69,6 +89,9 @@ class Worker:
         Where the models run, opened once by the caller and held for the worker's life.
     templates
         Codes and wording for SEG and SR.
+    retrieve
+        Fetches a study from the PACS when a drawing names images the node does not have
+        (``prompts.retrieve_from``); None: such regions are reported, not fetched.
     """
 
     name = "worker"
@@ -81,7 +104,9 @@ class Worker:
         engine: Engine,
         templates: Templates,
         clock: Callable[[], float] = time.monotonic,
+        retrieve: Retriever | None = None,
     ) -> None:
+        self.retrieve = retrieve
         self._settings = settings
         self._spool = spool
         self._audit = audit
@@ -137,15 +162,71 @@ class Worker:
             record = self._spool.study(study_instance_uid)
             if record is None:
                 raise SamieNodeError("study vanished from the index")
-            paths = [instance.path for instance in self._spool.instances(study_instance_uid)]
             with timer.stage("load"):
-                selection = load_images(paths, self._settings)
+                selection, job = self._load(record)
         except SamieNodeError as exc:
             self._record(study_instance_uid, "failed", str(exc), None, started)
             return True
-        self._in_flight[study_instance_uid] = _InFlight(record, selection, started)
-        self._scheduler.add(study_instance_uid, selection.images, timer)
+        flight = _InFlight(record, selection, started, job)
+        previous = StudySummary.from_dict(record.result)
+        if needs_automatic(previous, selection, job):
+            self._in_flight[study_instance_uid] = flight
+            self._scheduler.add(study_instance_uid, selection.images, timer)
+        else:
+            LOG.info("drawings re-open study_instance_uid=%s: only the drawn regions are computed", study_instance_uid)
+            flight.summary = previous
+            self._start_prompted(study_instance_uid, flight, timer)
         return True
+
+    def _load(self, record: StudyRecord) -> tuple[Selection, PromptJob | None]:
+        """The study's images and, when something new was drawn on them, its prompted part (the study
+        fetched from the PACS first when a drawing names images the node does not have)."""
+        uid = record.study_instance_uid
+        instances = self._spool.instances(uid)
+        selection = load_images([i.path for i in instances], self._settings)
+        job = self._prompt_job(record, instances, selection)
+        if job is not None and job.missing and self.retrieve is not None:
+            LOG.info(
+                "drawings name %d image(s) the node does not have: retrieving study_instance_uid=%s",
+                len(job.missing),
+                uid,
+            )
+            error = self.retrieve(uid)
+            if error:
+                LOG.warning("retrieve for drawings failed study_instance_uid=%s: %s", uid, error)
+            instances = self._spool.instances(uid)
+            selection = load_images([i.path for i in instances], self._settings)
+            job = self._prompt_job(record, instances, selection)
+        return selection, job
+
+    def _prompt_job(
+        self, record: StudyRecord, instances: list[InstanceRecord], selection: Selection
+    ) -> PromptJob | None:
+        if not self._settings.prompts.enabled:
+            return None
+        previous = StudySummary.from_dict(record.result)
+        annotations = annotation_objects(
+            [i.path for i in instances if is_annotation_object(i.sop_class_uid)],
+            self._settings.output.manufacturer,
+            previous.answered_annotations if previous is not None else (),
+        )
+        return plan_prompts(annotations, selection.images) if annotations else None
+
+    def _start_prompted(self, key: str, flight: _InFlight, timer: StageTimer) -> None:
+        """Hand the drawn regions to the engine; with none to segment, the study is done with its notes."""
+        job = flight.prompts
+        if job is None:
+            return
+        if not job.regions:
+            summary = flight.summary or StudySummary(0, 0, 0, 0, None, {}, {}, [], {}, "")
+            notes = [*summary.notes, *job.notes()]
+            answered = [*summary.answered_annotations, *job.annotation_uids]
+            done = replace(summary, notes=notes, answered_annotations=answered)
+            self._record(key, "done", "", done, flight.started)
+            return
+        flight.stage = "prompted"
+        self._in_flight[key] = flight
+        self._scheduler.add(key, job.images, timer, job.frame_prompts())
 
     def _finish(self, finished: FinishedStudy) -> None:
         """The one catcher of a study: done with its outputs queued, or failed with its reason."""
@@ -156,31 +237,55 @@ class Worker:
             models = self._engine.models_info()
             if models is None:
                 raise ModelError("the engine returned results before reporting its models")
-            result = encode_study(
-                flight.selection,
-                finished.inference,
-                models,
-                self._templates,
-                self._settings,
-                finished.timer,
-                overlays_for_destinations=any(
-                    p.secondary_capture for p in destinations_for(flight.record, self._settings)
-                ),
-            )
-            self.queue_outputs(flight.record, result)
+            if flight.stage == "prompted" and flight.prompts is not None:
+                result = encode_prompted(
+                    flight.prompts, finished.inference, models, self._templates, self._settings, finished.timer
+                )
+                self.queue_outputs(flight.record, result)
+                summary = merge_summaries(flight.summary, result.summary)
+            else:
+                result = encode_study(
+                    flight.selection,
+                    finished.inference,
+                    models,
+                    self._templates,
+                    self._settings,
+                    finished.timer,
+                    overlays_for_destinations=any(
+                        p.secondary_capture for p in destinations_for(flight.record, self._settings)
+                    ),
+                )
+                self.queue_outputs(flight.record, result)
+                previous = StudySummary.from_dict(flight.record.result)
+                answered = previous.answered_annotations if previous is not None else []
+                summary = replace(result.summary, answered_annotations=answered)
+                if flight.prompts is not None:
+                    flight.summary = summary
+                    self._start_prompted(finished.key, flight, StageTimer())
+                    return
         except SamieNodeError as exc:
-            self._record(finished.key, "failed", str(exc), None, flight.started)
+            self._fail(finished.key, flight, str(exc))
         except Exception as exc:  # a bug must not stop the worker: the study fails with the error's type
             LOG.exception("study failed with an unexpected error study_instance_uid=%s", finished.key)
-            self._record(finished.key, "failed", f"internal error ({type(exc).__name__})", None, flight.started)
+            self._fail(finished.key, flight, f"internal error ({type(exc).__name__})")
         else:
-            self._record(finished.key, "done", "", result, flight.started)
+            self._record(finished.key, "done", "", summary, flight.started)
+
+    def _fail(self, key: str, flight: _InFlight, reason: str) -> None:
+        """A failed automatic part fails the study; a failed prompted part leaves the automatic results
+        done, with the reason in the notes and the log."""
+        if flight.stage == "prompted" and flight.summary is not None:
+            LOG.warning("drawn regions not answered study_instance_uid=%s: %s", key, reason)
+            summary = replace(flight.summary, notes=[*flight.summary.notes, f"drawn regions not answered: {reason}"])
+            self._record(key, "done", "", summary, flight.started)
+        else:
+            self._record(key, "failed", reason, None, flight.started)
 
     def _record(
-        self, study_instance_uid: str, outcome: str, reason: str, result: StudyResult | None, started: float
+        self, study_instance_uid: str, outcome: str, reason: str, summary: StudySummary | None, started: float
     ) -> None:
-        if outcome == "done" and result is not None:
-            final = self._spool.finish_study(study_instance_uid, "done", "", result.summary.to_dict())
+        if outcome == "done" and summary is not None:
+            final = self._spool.finish_study(study_instance_uid, "done", "", summary.to_dict())
         else:
             final = self._spool.finish_study(study_instance_uid, "failed", reason[:500], {})
             LOG.warning("study failed study_instance_uid=%s: %s", study_instance_uid, reason)
@@ -191,7 +296,7 @@ class Worker:
             state=final,
             reason=reason[:200],
             ms=round((self._clock() - started) * 1000, 1),
-            timings_ms=result.summary.timings_ms if result is not None else {},
+            timings_ms=summary.timings_ms if summary is not None else {},
         )
 
     def queue_outputs(self, study: StudyRecord, result: StudyResult) -> None:

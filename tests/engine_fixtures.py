@@ -102,10 +102,14 @@ class ThresholdSegmenter:
         return results
 
 
-def small_sam(seed: int = 0, *, embed_dim: int = 64) -> Sam:
-    """A SAM-shaped model small enough for CPU tests: 64 px ViT encoder (4x4 patches of 16), random weights."""
+def small_sam(seed: int = 0, *, embed_dim: int = 64, image_size: int = 64) -> Sam:
+    """A SAM-shaped model small enough for CPU tests, random weights.
+
+    The default encoder takes 64 px (4x4 patches of 16); ``image_size=1024`` gives a ViT-B-*shaped* model,
+    MedSAM's sizes with few channels: 1024 px in, a 64 x 64 embedding, 256 x 256 masks out.
+    """
     torch.manual_seed(seed)
-    image_size, patch, prompt_dim = 64, 16, 32
+    patch, prompt_dim = 16, 32
     return Sam(
         image_encoder=ImageEncoderViT(
             img_size=image_size,

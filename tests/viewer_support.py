@@ -101,23 +101,28 @@ def running_viewer(
         log.close()
 
 
-def drive(url: str, views: Sequence[dict[str, Any]], out: Path, *, timeout: float = 900) -> dict[str, Any]:
-    """Run ``drive.mjs`` on ``views`` (see its header); returns its results, screenshots under ``out``."""
+def run_driver(script: str, plan: dict[str, Any], out: Path, *, timeout: float = 900) -> dict[str, Any]:
+    """Run a browser driver of ``tests/viewer`` (``drive.mjs``, ``draw.mjs``) on ``plan``; returns its
+    ``results.json``, screenshots under ``out``."""
     node = require_viewer_parts()
     out.mkdir(parents=True, exist_ok=True)
-    plan = out / "plan.json"
-    plan.write_text(json.dumps({"url": url, "out": str(out), "chromium": CHROMIUM, "views": list(views)}))
+    (out / "plan.json").write_text(json.dumps({"out": str(out), "chromium": CHROMIUM, **plan}))
     done = subprocess.run(
-        [node, str(VIEWER_DIR / "drive.mjs"), str(plan)],
+        [node, str(VIEWER_DIR / script), str(out / "plan.json")],
         cwd=VIEWER_DIR,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    (out / "drive.log").write_text(done.stderr)
+    (out / f"{Path(script).stem}.log").write_text(done.stderr)
     if done.returncode != 0:
-        raise RuntimeError(f"drive.mjs exited with {done.returncode}:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{script} exited with {done.returncode}:\n{done.stderr[-4000:]}")
     return dict(json.loads((out / "results.json").read_text()))
+
+
+def drive(url: str, views: Sequence[dict[str, Any]], out: Path, *, timeout: float = 900) -> dict[str, Any]:
+    """Run ``drive.mjs`` on ``views`` (see its header); returns its results, screenshots under ``out``."""
+    return run_driver("drive.mjs", {"url": url, "views": list(views)}, out, timeout=timeout)
 
 
 def wait_for_results(orthanc: Orthanc, study_instance_uid: str, timeout: float = 600) -> dict[str, list[bytes]]:

@@ -92,11 +92,13 @@ def plan_units(sources: Sequence[Dataset]) -> list[SegUnit]:
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """One segment to write: its number, label and display colour (sRGB)."""
+    """One segment to write: its number, label and display colour (sRGB); ``semiautomatic`` when a person
+    prompted it (a drawn box), which the SEG says as its Segment Algorithm Type."""
 
     number: int
     label: str
     rgb: tuple[int, int, int]
+    semiautomatic: bool = False
 
 
 def _segment_descriptions(
@@ -115,7 +117,11 @@ def _segment_descriptions(
             segment_label=segment.label[:64],
             segmented_property_category=region.category.concept(),
             segmented_property_type=region.type.concept(),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=(
+                hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+                if segment.semiautomatic
+                else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+            ),
             algorithm_identification=identification,
             tracking_id=segment.label[:64],
             tracking_uid=derive_uid(sop_instance_uid, "segment", str(segment.number)),

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from samie_node.config import Settings
 from samie_node.engine.enhance import sam_ie
 from samie_node.engine.models import Models
-from samie_node.engine.prepare import PreparedFrame, prepare_dataset
+from samie_node.engine.prepare import PreparedFrame, Windowing, prepare_dataset
 from samie_node.engine.selection import Candidate
 from samie_node.errors import SamieNodeError
 from samie_node.timing import StageTimer
@@ -141,12 +141,22 @@ class Inference:
     skipped: Counter[str]
 
 
+#: A box prompt on one frame: (1-based frame number, (x0, y0, x1, y1) in image pixels).
+FramePrompt = tuple[int, tuple[float, float, float, float]]
+
+
 @dataclass(frozen=True)
 class SourceImage:
-    """One instance of a chunk as the engine receives it: its SOP Instance UID and its encoded file."""
+    """One instance of a chunk as the engine receives it: its SOP Instance UID and its encoded file.
+
+    ``prompts`` makes it a prompted image (the boxes a radiologist drew): only the frames named there are
+    segmented, each with its boxes, one region per box in the order given, unfiltered; nothing is
+    enhanced or classified. Empty: the automatic path over every frame.
+    """
 
     sop_instance_uid: str
     data: bytes
+    prompts: tuple[FramePrompt, ...] = ()
 
 
 @dataclass
@@ -175,12 +185,18 @@ class ChunkResult:
 
 
 def _frames(
-    images: Sequence[SourceImage], max_pixels: int, skipped: dict[str, str], timer: StageTimer
+    images: Sequence[SourceImage], settings: Settings, skipped: dict[str, str], timer: StageTimer
 ) -> Iterator[PreparedFrame]:
+    # MedSAM sees CT and MR through the windows it was trained with (prepare.medsam_window); the SAM-IE
+    # fusion and the classifier see the same frame, so mask and image stay one picture.
+    windowing: Windowing = "medsam" if settings.segmenter.kind == "medsam" else "display"
     for image in images:
         started = time.perf_counter()
+        prompted = {frame for frame, _ in image.prompts}
         try:
-            frames = prepare_dataset(pydicom.dcmread(io.BytesIO(image.data)), max_pixels=max_pixels)
+            frames = prepare_dataset(
+                pydicom.dcmread(io.BytesIO(image.data)), max_pixels=settings.limits.max_pixels, windowing=windowing
+            )
         except SamieNodeError as exc:
             skipped[image.sop_instance_uid] = str(exc)[:120]
             LOG.warning("instance skipped sop_instance_uid=%s: %s", image.sop_instance_uid, exc)
@@ -191,7 +207,7 @@ def _frames(
             continue
         finally:
             timer.add("prepare", started)
-        yield from frames
+        yield from (frame for frame in frames if not prompted or frame.frame_number in prompted)
 
 
 def _batches(frames: Iterator[PreparedFrame], size: int) -> Iterator[list[PreparedFrame]]:
@@ -224,15 +240,43 @@ def _run_batch(
     return results, probabilities
 
 
+def _run_prompted(
+    batch: list[PreparedFrame], prompts: dict[FrameKey, np.ndarray], models: Models, timer: StageTimer
+) -> list[FrameResult]:
+    """Box prompts only: one mask per box, as drawn; no enhancement, no classification."""
+    with timer.stage("segment"):
+        mask_sets = models.segmenter.segment(
+            [frame.image for frame in batch], [prompts[(frame.sop_instance_uid, frame.frame_number)] for frame in batch]
+        )
+    return [FrameResult.of(frame, masks.masks) for frame, masks in zip(batch, mask_sets, strict=True)]
+
+
+def _frame_prompts(images: Sequence[SourceImage]) -> dict[FrameKey, np.ndarray]:
+    """Each prompted frame's (K, 4) boxes, in the order given."""
+    boxes: dict[FrameKey, list[tuple[float, float, float, float]]] = {}
+    for image in images:
+        for frame, box in image.prompts:
+            boxes.setdefault((image.sop_instance_uid, frame), []).append(box)
+    return {key: np.asarray(value, np.float32).reshape(-1, 4) for key, value in boxes.items()}
+
+
 def run_chunk(images: Sequence[SourceImage], models: Models, settings: Settings) -> ChunkResult:
-    """Decode a chunk's images and run the models over their frames, ``segmenter.batch_size`` at a time."""
+    """Decode a chunk's images and run the models over their frames, ``segmenter.batch_size`` at a time
+    (prompted images: only their prompted frames, with their boxes)."""
     timer = StageTimer()
     frames: list[FrameResult] = []
     probabilities: list[np.ndarray] = []
     skipped: dict[str, str] = {}
-    prepared = _frames(images, settings.limits.max_pixels, skipped, timer)
+    prompts = _frame_prompts(images)
+    prepared = _frames(images, settings, skipped, timer)
     for batch in _batches(prepared, settings.segmenter.batch_size):
-        results, batch_probabilities = _run_batch(batch, models, timer)
+        prompted = [frame for frame in batch if (frame.sop_instance_uid, frame.frame_number) in prompts]
+        if prompted:
+            frames.extend(_run_prompted(prompted, prompts, models, timer))
+        automatic = [frame for frame in batch if (frame.sop_instance_uid, frame.frame_number) not in prompts]
+        if not automatic:
+            continue
+        results, batch_probabilities = _run_batch(automatic, models, timer)
         frames.extend(results)
         if batch_probabilities is not None:
             probabilities.append(batch_probabilities)

@@ -11,6 +11,9 @@ viewer would display it (PS3.3 C.11 grayscale pipeline, C.7.6.3 colour):
    or the first window (linear, linear exact or sigmoid), or, when the file gives neither, a robust
    0.5 - 99.5 percentile window, so one bright marker does not flatten the anatomy;
    MONOCHROME1 (and a Presentation LUT Shape of INVERSE) is inverted so that bright means dense;
+   for MedSAM (``windowing="medsam"``) CT and MR take the windows MedSAM was trained on instead of the
+   file's (CT level 40 / width 400; MR 0.5 - 99.5 percentiles of the non-zero values), since a file's
+   lung or bone window would show MedSAM an image unlike its training data;
 4. palette colour goes through its lookup tables; RGB deeper than 8 bits is scaled to 8 bits.
 
 Each frame keeps its source SOP Instance UID and 1-based frame number, which the SEG and SR use to point
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -39,7 +42,13 @@ from samie_node.errors import UnsupportedImageError
 HOUNSFIELD_UNIT = "[hnsf'U]"
 
 #: The percentiles of the fallback window: wide enough for the anatomy, deaf to a few extreme pixels.
+#: MedSAM's MR window uses the same ones, of the non-zero values.
 FALLBACK_PERCENTILES = (0.5, 99.5)
+#: MedSAM's CT window (``pre_CT_MR.py``): soft tissue, level 40 HU, width 400 HU.
+MEDSAM_CT_LEVEL, MEDSAM_CT_WIDTH = 40.0, 400.0
+
+#: ``display``: as a viewer shows the image (the file's VOI); ``medsam``: MedSAM's CT/MR windows.
+Windowing = Literal["display", "medsam"]
 
 _GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -165,7 +174,7 @@ def _iter_decoded(dataset: Dataset) -> Iterator[tuple[np.ndarray, str]]:
         yield array, str(meta.get("photometric_interpretation", dataset.get("PhotometricInterpretation")))
 
 
-def _functional_group_item(dataset: Dataset, index: int, sequence: str) -> Dataset | None:
+def functional_group_item(dataset: Dataset, index: int, sequence: str) -> Dataset | None:
     """Return the first item of a functional group macro for frame ``index``: per-frame wins over shared."""
     for groups_keyword, position in (
         ("PerFrameFunctionalGroupsSequence", index),
@@ -216,9 +225,12 @@ def _percentile_window(values: np.ndarray) -> np.ndarray:
 def modality_values(array: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
     """The modality transform of one grayscale frame (Hounsfield units on CT), per frame when the
     functional groups say so."""
-    rescale = _functional_group_item(dataset, index, "PixelValueTransformationSequence")
+    rescale = functional_group_item(dataset, index, "PixelValueTransformationSequence")
     if rescale is not None and "RescaleSlope" in rescale:
-        return array.astype(np.float64) * float(rescale.RescaleSlope) + float(rescale.get("RescaleIntercept", 0.0))
+        values: np.ndarray = array.astype(np.float64) * float(rescale.RescaleSlope) + float(
+            rescale.get("RescaleIntercept", 0.0)
+        )
+        return values
     return np.asarray(apply_modality_lut(array, dataset), dtype=np.float64)
 
 
@@ -230,9 +242,9 @@ def value_unit(dataset: Dataset) -> str:
     return "{value}"
 
 
-def _grayscale_to_8bit(values: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
-    """VOI transform of one frame's modality values, to display values in [0, 255]."""
-    frame_voi = _functional_group_item(dataset, index, "FrameVOILUTSequence")
+def _voi_display(values: np.ndarray, dataset: Dataset, index: int) -> np.ndarray:
+    """The VOI transform as a viewer applies it: LUT, else window, else the percentile fallback; [0, 255]."""
+    frame_voi = functional_group_item(dataset, index, "FrameVOILUTSequence")
     voi_source = frame_voi if frame_voi is not None and "WindowWidth" in frame_voi else dataset
     if "VOILUTSequence" in dataset and voi_source is dataset:
         lut = dataset.VOILUTSequence[0]
@@ -240,23 +252,59 @@ def _grayscale_to_8bit(values: np.ndarray, dataset: Dataset, index: int) -> np.n
         low, high = float(lut_values.min()), float(lut_values.max())
         lut_input = np.rint(values).astype(np.int64)  # LUT entries are indexed by integer values
         mapped = np.asarray(apply_voi_lut(lut_input, dataset, index=0, prefer_lut=True), dtype=np.float64)
-        display = np.clip((mapped - low) / (high - low), 0.0, 1.0) * 255.0 if high > low else np.zeros_like(mapped)
-    elif "WindowCenter" in voi_source and "WindowWidth" in voi_source:
-        display = _window(
+        return np.clip((mapped - low) / (high - low), 0.0, 1.0) * 255.0 if high > low else np.zeros_like(mapped)
+    if "WindowCenter" in voi_source and "WindowWidth" in voi_source:
+        return _window(
             values,
             _first_number(voi_source.WindowCenter),
             _first_number(voi_source.WindowWidth),
             str(voi_source.get("VOILUTFunction", "LINEAR")),
         )
-    else:
-        display = _percentile_window(values)
+    return _percentile_window(values)
 
+
+def medsam_window(values: np.ndarray, modality: str) -> np.ndarray | None:
+    """MedSAM's own CT and MR intensity windows (its ``pre_CT_MR.py``), to [0, 255]; None for other modalities.
+
+    CT: Hounsfield units clipped to level 40 / width 400 and scaled linearly. MedSAM min-max scaled the
+    clipped *volume*, which is this fixed mapping whenever the volume holds air and bone (every body CT).
+    MR: clipped to the 0.5 - 99.5 percentiles of the non-zero values and scaled, zeros kept at zero;
+    MedSAM took the percentiles over the volume, here they are taken over each frame, because frames
+    are prepared one at a time.
+    """
+    if modality == "CT":
+        low, high = MEDSAM_CT_LEVEL - MEDSAM_CT_WIDTH / 2.0, MEDSAM_CT_LEVEL + MEDSAM_CT_WIDTH / 2.0
+        scaled: np.ndarray = (np.clip(values, low, high) - low) / (high - low) * 255.0
+        return scaled
+    if modality != "MR":
+        return None
+    foreground = values[np.isfinite(values) & (values > 0)]
+    if foreground.size == 0:
+        return np.zeros(values.shape, np.float64)
+    low, high = np.percentile(foreground, FALLBACK_PERCENTILES)
+    if high <= low:
+        return np.where(values > 0, 255.0, 0.0)
+    scaled = (np.clip(values, low, high) - low) / (high - low) * 255.0
+    scaled[values == 0] = 0.0
+    return scaled
+
+
+def _grayscale_to_8bit(values: np.ndarray, dataset: Dataset, index: int, windowing: Windowing) -> np.ndarray:
+    """VOI transform of one frame's modality values, to display values in [0, 255].
+
+    With ``windowing="medsam"``, CT and MR frames get MedSAM's windows instead of the file's VOI, cast
+    to 8 bits by truncation as MedSAM's ``np.uint8`` did; other modalities keep the display pipeline,
+    which is what MedSAM's 2-D images (exported PNG/JPEG) had been through.
+    """
+    medsam = medsam_window(values, str(dataset.get("Modality", ""))) if windowing == "medsam" else None
+    display = medsam if medsam is not None else _voi_display(values, dataset, index)
     inverted = str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     if str(dataset.get("PresentationLUTShape", "")).upper() == "INVERSE":
         inverted = not inverted
     if inverted:
         display = 255.0 - display
-    return np.rint(display).astype(np.uint8)
+    rounded: np.ndarray = np.floor(display) if medsam is not None else np.rint(display)
+    return rounded.astype(np.uint8)
 
 
 def _colour_to_8bit(array: np.ndarray, photometric: str, dataset: Dataset) -> np.ndarray:
@@ -275,7 +323,7 @@ def _colour_to_8bit(array: np.ndarray, photometric: str, dataset: Dataset) -> np
 
 def pixel_spacing(dataset: Dataset, index: int = 0) -> tuple[float, float] | None:
     """Return (row, column) Pixel Spacing in mm for frame ``index`` (0-based), None if not given."""
-    measures = _functional_group_item(dataset, index, "PixelMeasuresSequence")
+    measures = functional_group_item(dataset, index, "PixelMeasuresSequence")
     for source in (measures, dataset):
         if source is not None and source.get("PixelSpacing"):
             try:
@@ -287,7 +335,7 @@ def pixel_spacing(dataset: Dataset, index: int = 0) -> tuple[float, float] | Non
     return None
 
 
-def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]:
+def prepare_dataset(dataset: Dataset, *, max_pixels: int, windowing: Windowing = "display") -> list[PreparedFrame]:
     """Turn every frame of an image instance into an 8-bit RGB :class:`PreparedFrame`.
 
     Parameters
@@ -297,6 +345,9 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]
         transfer syntax comes from there; without it native little endian is assumed).
     max_pixels
         Upper bound on rows x columns x frames x samples, checked before decoding.
+    windowing
+        ``display`` (the file's VOI, as a viewer shows it) or ``medsam`` (MedSAM's CT and MR windows,
+        :func:`medsam_window`).
 
     Raises
     ------
@@ -316,7 +367,7 @@ def prepare_dataset(dataset: Dataset, *, max_pixels: int) -> list[PreparedFrame]
             if array.ndim != 2:
                 raise UnsupportedImageError("grayscale image with more than one sample per pixel")
             values = modality_values(array, dataset, index)
-            grey = _grayscale_to_8bit(values, dataset, index)
+            grey = _grayscale_to_8bit(values, dataset, index, windowing)
             image = np.repeat(grey[:, :, None], 3, axis=2)
         else:
             values = None

