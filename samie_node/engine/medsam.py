@@ -29,7 +29,7 @@ CT and MR windowing (MedSAM's ``pre_CT_MR.py``) happens before the 8-bit image e
 :func:`samie_node.engine.prepare.prepare_dataset` with ``windowing="medsam"``.
 
 Automatic mode: MedSAM, like LiteMedSAM, was trained with box prompts only, so it shares LiteMedSAM's
-box proposals (:mod:`samie_node.engine.proposals`) rather than SAM's point grid.
+box proposals and structure filter (:mod:`samie_node.engine.automatic`) rather than SAM's point grid.
 """
 
 from __future__ import annotations
