@@ -247,9 +247,14 @@ class _Recording(ThresholdSegmenter):
         super().__init__()
         self.images: list[np.ndarray] = []
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None] | None = None) -> list[MaskSet]:
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray | None] | None = None,
+        modalities: Sequence[str] | None = None,
+    ) -> list[MaskSet]:
         self.images.extend(images)
-        return super().segment(images, boxes)
+        return super().segment(images, boxes, modalities)
 
 
 @pytest.mark.parametrize("kind", ["medsam", "litemedsam"])
