@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samie_node.config import EngineSettings, SegmenterSettings, Settings
+from samie_node.engine.automatic import profile_name, proposal_boxes
 from samie_node.engine.classify import CheckpointContent, Classifier, ClassLabel, Preprocessing, build_model
 from samie_node.engine.device import cpu_has_native_bf16, describe_device, select_device
 from samie_node.engine.enhance import sam_ie
@@ -68,6 +69,12 @@ REAL_IMAGES = (
     "examples_palette.dcm",
 )
 CPU = torch.device("cpu")
+
+
+def _proposals(segmenter: SamSegmenter, image: np.ndarray) -> np.ndarray:
+    """The automatic mode's first boxes for ``image``, with the profile the image itself chooses."""
+    profiles = segmenter.settings.profiles
+    return proposal_boxes(image, profiles[profile_name(profiles, "", image)])
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -186,7 +193,7 @@ def _dice_check(variants: dict[str, SamSegmenter], images: list[np.ndarray]) -> 
     for image in images:
         height, width = image.shape[:2]
         centre = np.array([[0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height]], np.float32)
-        prompts.append(np.concatenate([reference.proposals.boxes(image), centre]))
+        prompts.append(np.concatenate([_proposals(reference, image), centre]))
         expected.append(reference.segment([image], [prompts[-1]])[0].masks)
     checks = {}
     for name, segmenter in variants.items():

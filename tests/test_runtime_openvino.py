@@ -21,6 +21,7 @@ import torch
 from engine_fixtures import CPU, dice, litemedsam_segmenter, read_testdata
 
 from samie_node.config import SegmenterSettings
+from samie_node.engine.automatic import profile_name, proposal_boxes
 from samie_node.engine.decoder_graph import FoldedBoxDecoder
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.runtime_openvino import (
@@ -40,6 +41,12 @@ MASK_DICE = 0.99
 #: Proposals compared per image (the largest regions first), to keep the reference decoder's time small.
 PROPOSALS = 5
 FALLBACK = "LiteMedSAM runs on the reference torch path"
+
+
+def _proposals(segmenter: SamSegmenter, image: np.ndarray) -> np.ndarray:
+    """The automatic mode's first boxes for ``image``, with the profile the image itself chooses."""
+    profiles = segmenter.settings.profiles
+    return proposal_boxes(image, profiles[profile_name(profiles, "", image)])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,7 @@ def test_openvino_masks_match_the_torch_reference(reference: SamSegmenter, accel
     for image in _test_images():
         height, width = image.shape[:2]
         centre = np.array([[0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height]], np.float32)
-        boxes = np.concatenate([reference.proposals.boxes(image)[:PROPOSALS], centre])
+        boxes = np.concatenate([_proposals(reference, image)[:PROPOSALS], centre])
         fast, exact = accelerated.segment([image], [boxes])[0], reference.segment([image], [boxes])[0]
         assert len(fast) == len(exact) == len(boxes)
         for ours, theirs in zip(fast.masks, exact.masks, strict=True):

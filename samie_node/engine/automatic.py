@@ -136,6 +136,11 @@ def candidate_regions(image: np.ndarray, decode: Decoder, profile: StructureProf
     return _decoded_regions((height, width), maps, np.stack([c.box for c in candidates]), decode, profile)
 
 
+def proposal_boxes(image: np.ndarray, profile: StructureProfile) -> np.ndarray:
+    """The (K, 4) boxes the automatic mode would decode first for ``image`` (for tests and benchmarks)."""
+    return np.asarray([c.box for c in propose(image_maps(image), profile)], np.float32).reshape(-1, 4)
+
+
 def find_structures(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> MaskSet:
     """The structures in ``image``: decoded masks that pass the structure filter, best first."""
     kept = select(candidate_regions(image, decode, profile), profile, max_regions)
