@@ -12,7 +12,8 @@ studies, sent by dcmtk ``storescu`` to a fresh node per configuration:
   flight, which is how the node worked before the scheduler (the small studies wait for the CT);
 - ``local``: the local engine, chunks of ``chunk_images``, smallest study first;
 - ``ray, N workers``: Ray actors on a Ray instance the node starts on this machine (``ray_address = ""``),
-  one CPU each.
+  one CPU each; the last configuration with chunks of one image (a small study then waits for at most one
+  image per worker instead of two).
 
 Latency is from a study's quiet period's end (its last C-STORE plus the quiet period) to the node
 recording it processed (SEG and SR written and queued), read from the node's audit trail. Throughput is
@@ -54,6 +55,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("local", {"backend": "local"}),
     ("ray, 1 worker", {"backend": "ray", "workers": 1}),
     ("ray, 2 workers", {"backend": "ray", "workers": 2}),
+    ("ray, 2 workers, chunks of 1", {"backend": "ray", "workers": 2, "chunk_images": 1}),
 ]
 
 
@@ -179,7 +181,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     one = next((r["images_per_s"] for r in rows if r["config"] == "ray, 1 worker"), None)
     for r in rows:
-        workers = 2 if r["config"] == "ray, 2 workers" else 1
+        workers = 2 if r["config"].startswith("ray, 2 workers") else 1
         efficiency = f"{r['images_per_s'] / (workers * one):.0%}" if one and r["config"].startswith("ray") else ""
         table.add_row(
             r["config"],
