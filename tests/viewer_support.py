@@ -238,6 +238,23 @@ def overlay_strength(before: np.ndarray, after: np.ndarray, rgb: tuple[int, int,
     return np.where(norm2 >= 40.0**2, strength, np.nan)
 
 
+def tinted_pixels(
+    before: np.ndarray,
+    after: np.ndarray,
+    geometry: ScreenGeometry,
+    rgb: tuple[int, int, int],
+    *,
+    min_strength: float = 0.2,
+) -> np.ndarray:
+    """Where on the image the screen shows the overlay colour: (n, 2) image (x, y) of the centres of the
+    image pixels under the screen pixels that moved towards ``rgb`` from ``before`` to ``after`` (one row per
+    screen pixel). Empty when the overlay is not drawn, so a check on it fails then."""
+    sy, sx, rows, columns = geometry.image_indices()
+    strength = overlay_strength(before[sy, sx], after[sy, sx], rgb)
+    tinted = (rows >= 0) & (np.nan_to_num(strength) >= min_strength)
+    return np.column_stack([columns[tinted] + 0.5, rows[tinted] + 0.5])
+
+
 @dataclass(frozen=True)
 class OverlayCheck:
     """What a screenshot shows of a segmentation overlay, over its mask and far from it."""

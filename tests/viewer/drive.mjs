@@ -9,7 +9,10 @@
 //
 // plan.json: {"url": "http://127.0.0.1:3000", "out": "/abs/folder", "chromium": "/usr/bin/chromium",
 //   "views": [{"name": "ct", "study": "<StudyInstanceUID>", "image": "<SOPInstanceUID or null>",
-//              "seg": "<SEG series description or null>", "sr": "<SR series description or null>"}]}
+//              "seg": "<SEG series description or null>", "sr": "<SR series description or null>",
+//              "seg_series": "<SeriesInstanceUID of the SEG, optional>"}]}
+// seg_series picks the SEG's thumbnail by its series where several SEG series share a description (the
+// node's prompted SEGs, one series per report answered).
 // Writes <out>/results.json and prints it as the last line of stdout.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -98,11 +101,27 @@ async function openStudy(page, url, view, first) {
   return dismissed;
 }
 
-async function loadSeg(page, description, shot) {
+// The study browser's thumbnail of a SEG: by its description, or by its series (OHIF names a thumbnail's
+// element "thumbnail-<displaySetInstanceUID>").
+async function segThumbnail(page, description, seriesUid) {
+  if (!seriesUid) {
+    return page.getByText(description, { exact: true });
+  }
+  const find = (series) => {
+    const services = window.services;
+    const shown = services ? services.displaySetService.getActiveDisplaySets() : [];
+    const found = shown.find((d) => d.SeriesInstanceUID === series);
+    return found ? found.displaySetInstanceUID : null;
+  };
+  await waitFor(page, find, `the display set of series ${seriesUid}`, STEP_TIMEOUT_MS, seriesUid);
+  return page.locator(`[id="thumbnail-${await page.evaluate(find, seriesUid)}"]`);
+}
+
+async function loadSeg(page, description, shot, seriesUid) {
   const before = `${shot}-1-before.png`;
   await page.screenshot({ path: before });
   const geometryBefore = await page.evaluate(imageGeometry);
-  await page.getByText(description, { exact: true }).dblclick();
+  await (await segThumbnail(page, description, seriesUid)).dblclick();
   // OHIF previews the SEG and asks before it loads ("hydrates") it.
   const yes = page.getByRole('button', { name: 'Yes', exact: true });
   await yes.waitFor({ state: 'visible', timeout: STEP_TIMEOUT_MS });
@@ -214,7 +233,7 @@ async function main() {
         const shot = path.join(plan.out, view.name);
         if (view.seg) {
           log(`${view.name}: loading SEG "${view.seg}"`);
-          result.seg = await loadSeg(page, view.seg, shot);
+          result.seg = await loadSeg(page, view.seg, shot, view.seg_series);
         }
         if (view.sr) {
           // A fresh load of the study: OHIF 3.13 fails (route error boundary, "Cannot destructure
