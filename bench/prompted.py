@@ -404,7 +404,7 @@ def main() -> None:
     console = Console() if sys.stdout.isatty() else Console(width=220)
     lite = [Row("LiteMedSAM", n) for n in BOX_COUNTS]
     medsam = [Row("MedSAM shape, random weights", n) for n in BOX_COUNTS] if args.medsam_repeat else []
-    with tempfile.TemporaryDirectory(prefix="samie-prompted-", dir=REPO / "bench") as folder:
+    with tempfile.TemporaryDirectory(prefix="samie-bench-prompted-", dir=REPO / "bench") as folder:
         tmp = Path(folder)
         settings = engine_settings({"kind": "litemedsam"})
         runtime = settings.engine.runtime
