@@ -32,6 +32,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from samie_node.testing.orthanc import ORTHANC_BINARY, write_orthanc_config  # noqa: E402
 from samie_node.testing.ports import free_port, wait_for_port  # noqa: E402
 from samie_node.testing.sample_studies import ct_series, ultrasound_image, write_datasets  # noqa: E402
 
@@ -80,20 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="samie-e2e-", dir=REPO / "bench") as tmp:
         root = Path(tmp)
         http_port, dicom_port, node_port = free_port(), free_port(), free_port()
-        (root / "orthanc.json").write_text(
-            json.dumps(
-                {
-                    "StorageDirectory": str(root / "orthanc"),
-                    "IndexDirectory": str(root / "orthanc"),
-                    "HttpPort": http_port,
-                    "DicomPort": dicom_port,
-                    "DicomAet": "ORTHANC",
-                    "RemoteAccessAllowed": False,
-                    "DicomCheckCalledAet": False,
-                    "Plugins": [],
-                }
-            )
-        )
+        orthanc_config = write_orthanc_config(root, http_port, dicom_port)
         (root / "node.toml").write_text(
             f'[node]\nhost = "127.0.0.1"\nport = {node_port}\ndata_dir = "{root / "data"}"\n'
             f"[limits]\ndisk_floor_bytes = 0\n[study]\nquiet_period_s = {args.quiet}\npoll_interval_s = 0.1\n"
@@ -101,7 +89,7 @@ def main() -> None:
             f'[[send.destinations]]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {dicom_port}\n'
         )
         orthanc = subprocess.Popen(
-            ["/usr/sbin/Orthanc", str(root / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [ORTHANC_BINARY, str(orthanc_config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         node = subprocess.Popen(
             [sys.executable, "-m", "samie_node", "serve", "--config", str(root / "node.toml")],
