@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from dicom_checks import assert_dciodvfy_clean
 from engine_fixtures import dice
 from pydicom.dataset import Dataset
+from test_annotations import presentation_state
 
 from samie_node.batch import process_paths
 from samie_node.config import Settings, load_settings
@@ -280,3 +282,43 @@ def test_an_object_with_nothing_drawn_asks_for_no_answer(settings: Settings, tmp
     assert not job.drawn and [s.reason for s in job.skipped] == ["the measurement report holds no measurement group"]
     degenerate = plan_prompts([rectangle_report(image, [(1.0, 1.0, 1.0, 1.0)])], [Candidate(Path("x"), image)])
     assert degenerate.drawn and not degenerate.regions
+
+
+# -- presentation states through the node -------------------------------------------------------------------
+
+
+def rectangle_presentation_state(image: Dataset, box: tuple[float, float, float, float], label: str) -> Dataset:
+    """A GSPS as a viewer stores it: a PIXEL rectangle (closed POLYLINE) and its text on ``image``."""
+    x0, y0, x1, y1 = box
+    layer = hd.pr.GraphicLayer(layer_name="ANNOTATIONS", order=1)
+    rectangle = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+    annotation = hd.pr.GraphicAnnotation(
+        [image],
+        layer,
+        graphic_objects=[hd.pr.GraphicObject("POLYLINE", rectangle, "PIXEL", tracking_id="box", tracking_uid=hd.UID())],
+        text_objects=[hd.pr.TextObject(label, "PIXEL", bounding_box=(x0, max(y0 - 15, 0), x1, max(y0 - 1, 1)))],
+    )
+    return presentation_state(image, [annotation], layer)
+
+
+def test_process_answers_a_presentation_state_given_with_the_images(
+    engine: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    image, lesion = ultrasound_image(rows=240, columns=320, seed=40)
+    state = rectangle_presentation_state(image, lesion_box(lesion), "Lesion G")
+    write_datasets([image, state], tmp_path / "in")
+    outcomes, unusable = process_paths(
+        [tmp_path / "in"], tmp_path / "out", engine=engine, templates=templates, settings=settings
+    )
+    assert unusable == 0 and [o.state for o in outcomes] == ["done"]
+    by_series = {int(pydicom.dcmread(p).SeriesNumber): Path(p) for p in outcomes[0].outputs}
+    seg_path, sr_path = by_series[settings.prompts.series_number_seg], by_series[settings.prompts.series_number_sr]
+    assert_dciodvfy_clean(seg_path)
+    assert_dciodvfy_clean(sr_path)
+    seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion G"]
+    mask = np.asarray(seg.pixel_array, bool).reshape(-1, 240, 320).any(axis=0)
+    assert dice(mask, lesion.mask(240, 320)) >= MIN_DICE
+    evidence = evidence_uids(sr)
+    assert {str(state.SOPInstanceUID), str(seg.SOPInstanceUID), str(image.SOPInstanceUID)} <= evidence
+    assert outcomes[0].summary["answered_annotations"] == [str(state.SOPInstanceUID)]
