@@ -125,11 +125,16 @@ class VolumeRegion:
 
 @dataclass(frozen=True)
 class SkippedRegion:
-    """A region, group or whole object that gives no prompt, and why (for the log and the SR)."""
+    """A region, group or whole object that gives no prompt, and why (for the log and the SR).
+
+    ``drawn`` is False when nothing drawn was found there (not a measurement report, a group without
+    spatial coordinates, a presentation state without graphics): such an object alone asks for no answer.
+    """
 
     annotation_sop_instance_uid: str
     where: str
     reason: str
+    drawn: bool = True
 
 
 @dataclass
@@ -161,9 +166,9 @@ class Annotations:
             )
             self.skip(where, f"content cannot be read ({type(exc).__name__})")
 
-    def skip(self, where: str, reason: str) -> None:
+    def skip(self, where: str, reason: str, *, drawn: bool = True) -> None:
         """Record a region that gives no prompt, and log it (UIDs only)."""
-        self.skipped.append(SkippedRegion(self.annotation_sop_instance_uid, where, reason))
+        self.skipped.append(SkippedRegion(self.annotation_sop_instance_uid, where, reason, drawn))
         LOG.warning(
             "annotation region skipped sop_instance_uid=%s %s: %s", self.annotation_sop_instance_uid, where, reason
         )
@@ -190,7 +195,9 @@ def read_annotations(dataset: Dataset) -> Annotations:
         elif sop_class_uid in PRESENTATION_STATE_CLASSES:
             _read_presentation_state(dataset, result)
         else:
-            result.skip("object", f"SOP class {sop_class_uid or '(none)'} holds no annotations the node reads")
+            result.skip(
+                "object", f"SOP class {sop_class_uid or '(none)'} holds no annotations the node reads", drawn=False
+            )
     return result
 
 
@@ -361,11 +368,12 @@ def _evidence_series(dataset: Dataset) -> dict[str, str]:
 def _read_report(dataset: Dataset, result: Annotations) -> None:
     root = _concept(dataset)
     if _value_type(dataset) != "CONTAINER" or root != _REPORT:
-        result.skip("object", f"not a measurement report (root concept {root or 'missing'}, TID 1500 has {_REPORT})")
+        reason = f"not a measurement report (root concept {root or 'missing'}, TID 1500 has {_REPORT})"
+        result.skip("object", reason, drawn=False)
         return
     groups = list(_groups(dataset))
     if not groups:
-        result.skip("object", "the measurement report holds no measurement group")
+        result.skip("object", "the measurement report holds no measurement group", drawn=False)
         return
     series = _evidence_series(dataset)
     for number, group in enumerate(groups, start=1):
@@ -379,7 +387,8 @@ def _read_group(group: Dataset, where: str, series: dict[str, str], result: Anno
     tracking_uid = _text_of(group, _TRACKING_UID)
     regions = list(_regions(group))
     if not regions:
-        raise AnnotationError("it holds no spatial coordinates (no SCOORD or SCOORD3D region)")
+        result.skip(where, "it holds no spatial coordinates (no SCOORD or SCOORD3D region)", drawn=False)
+        return
     seen: set[BoxPrompt] = set()  # the same region under several measurements counts once
     for index, region in enumerate(regions, start=1):
         with result.reading(f"{where} region {index}" if len(regions) > 1 else where):
@@ -482,7 +491,7 @@ def _annotation_label(annotation: Dataset, graphic: Dataset, group_labels: dict[
 def _read_presentation_state(dataset: Dataset, result: Annotations) -> None:
     annotations = list(dataset.get("GraphicAnnotationSequence") or [])
     if not any(annotation.get("GraphicObjectSequence") for annotation in annotations):
-        result.skip("object", "the presentation state holds no graphic object")
+        result.skip("object", "the presentation state holds no graphic object", drawn=False)
         return
     all_images = _presentation_images(dataset)
     group_labels = {

@@ -30,7 +30,14 @@ from samie_node.files import write_atomically
 from samie_node.net.send import calling_ae_title, store_files
 from samie_node.pipeline import StudyResult, encode_study, load_images
 from samie_node.previews import write_previews
-from samie_node.prompted import PromptJob, annotation_objects, encode_prompted, merge_summaries, plan_prompts
+from samie_node.prompted import (
+    PromptJob,
+    annotation_objects,
+    encode_not_used,
+    encode_prompted,
+    merge_summaries,
+    plan_prompts,
+)
 from samie_node.scheduler import FinishedStudy, Scheduler
 from samie_node.timing import StageTimer
 from samie_node.uids import is_valid_uid
@@ -196,15 +203,21 @@ class _Batch:
         )
         if job.prompts is None:
             return result
-        if job.automatic is None:  # nothing drawn could be segmented
-            notes = [*result.summary.notes, *job.prompts.notes()]
-            return replace(result, summary=replace(result.summary, notes=notes))
-        if finished.inference is None:
-            note = f"drawn regions not answered: {finished.error}"
+        try:
+            if job.automatic is not None:  # the prompted part ran: its answer, or why there is none
+                if finished.inference is None:
+                    raise SamieNodeError(finished.error)
+                drawn = encode_prompted(
+                    job.prompts, finished.inference, self.models, self.templates, self.settings, finished.timer
+                )
+            elif job.prompts.drawn:  # no drawn region gave a prompt: the SR alone says why
+                drawn = encode_not_used(job.prompts, self.models, self.templates, self.settings, StageTimer())
+            else:  # nothing drawn: notes only
+                notes = [*result.summary.notes, *job.prompts.notes()]
+                return replace(result, summary=replace(result.summary, notes=notes))
+        except SamieNodeError as exc:  # the automatic results stand; the drawings are not answered
+            note = f"drawn regions not answered: {exc}"
             return replace(result, summary=replace(result.summary, notes=[*result.summary.notes, note]))
-        drawn = encode_prompted(
-            job.prompts, finished.inference, self.models, self.templates, self.settings, finished.timer
-        )
         return replace(
             result, outputs=result.outputs + drawn.outputs, summary=merge_summaries(result.summary, drawn.summary)
         )

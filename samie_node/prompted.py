@@ -13,13 +13,19 @@ so the node's own SRs, sent back by a PACS, are not answered again. An annotatio
 once (the study summary lists the answered ones); the same drawings sent again are not recomputed.
 
 Regions that give no prompt (degenerate, off the image, on a missing frame, on an image the node does not
-have) are logged with their reason and listed in the study's notes; the other regions carry on.
+have, a SCOORD3D on no image plane) are logged with their reason, listed in the study's notes and stated
+in the prompted SR, one group per region with the annotation object, where in it and why; the other regions
+carry on. When no drawn region gives a prompt, the answer is the SR alone (no SEG: a SEG holds at least one
+segment), which says, as the automatic mode's SR does, that no region was segmented, and lists why each
+drawn region was not used. An object with nothing drawn in it (a text report, a measurement report without
+spatial coordinates) asks for no answer: it is logged and noted only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +38,7 @@ from samie_node.annotation_fit import ImageGeometry, fit, image_geometry, locate
 from samie_node.annotations import BoxPrompt, SkippedRegion, is_annotation_object, read_annotations
 from samie_node.config import Settings
 from samie_node.encode.seg import SegmentSpec, SegUnit, build_segmentation, plan_units
-from samie_node.encode.sr import build_report
+from samie_node.encode.sr import UnusedRegion, build_report
 from samie_node.encode.templates import Templates
 from samie_node.engine.infer import FrameKey, FramePrompt, FrameResult, Inference
 from samie_node.engine.models import ModelsInfo
@@ -86,6 +92,9 @@ class PromptJob:
         Regions that give no prompt, with their reasons.
     images
         The images the prompts lie on.
+    report_sources
+        Headers of the images a report on the drawings references when no region gives a prompt: those
+        the drawings name that the node has, else all the study's images.
     """
 
     annotations: list[Dataset]
@@ -93,6 +102,7 @@ class PromptJob:
     missing: list[BoxPrompt] = field(default_factory=list)
     skipped: list[SkippedRegion] = field(default_factory=list)
     images: list[Candidate] = field(default_factory=list)
+    report_sources: list[Dataset] = field(default_factory=list)
 
     @property
     def annotation_uids(self) -> list[str]:
@@ -107,6 +117,24 @@ class PromptJob:
                 frame = prompt.frame_number or 1
                 prompts.setdefault(prompt.sop_instance_uid, []).append((frame, prompt.box))
         return {uid: tuple(boxes) for uid, boxes in prompts.items()}
+
+    @property
+    def drawn(self) -> bool:
+        """True when something was drawn: a region to segment, or one that was not used for a reason."""
+        return bool(self.regions or self.missing or any(s.drawn for s in self.skipped))
+
+    def unused(self) -> list[UnusedRegion]:
+        """What the SR states of the regions that gave no prompt (UIDs and reasons, no PHI)."""
+        unused = [UnusedRegion(s.annotation_sop_instance_uid, s.where, s.reason) for s in self.skipped]
+        unused += [
+            UnusedRegion(
+                p.annotation_sop_instance_uid,
+                f"region on image {p.sop_instance_uid}" + (f" frame {p.frame_number}" if p.frame_number else ""),
+                "the node does not have this image",
+            )
+            for p in self.missing
+        ]
+        return unused
 
     def notes(self) -> list[str]:
         """What the summary says of the regions that gave no prompt (UIDs and reasons, no PHI)."""
@@ -188,6 +216,10 @@ def plan_prompts(annotations: Sequence[Dataset], images: Sequence[Candidate]) ->
         )
     wanted = {prompt.sop_instance_uid for region in job.regions for prompt in region.prompts}
     job.images = [c for c in images if str(c.header.SOPInstanceUID) in wanted]
+    named = {prompt.sop_instance_uid for prompt in drawn}
+    job.report_sources = [c.header for c in images if str(c.header.SOPInstanceUID) in named] or [
+        c.header for c in images
+    ]
     return job
 
 
@@ -268,6 +300,32 @@ def _encode_segmentations(study: StudyContext, job: PromptJob, key: str) -> Segm
     return encoded
 
 
+def _report(study: StudyContext, job: PromptJob, key: str, encoded: Segmentations) -> Dataset:
+    """The prompted SR: the segmented regions, then each drawn region not used and why, then the totals."""
+    settings, version = study.settings, study.algorithm.model_version
+    unused = job.unused()
+    sr = build_report(
+        sources=study.inference.usable or job.report_sources,
+        findings=encoded.findings,
+        totals=totals(study, encoded.findings),
+        segmentations=[o.dataset for o in encoded.outputs],
+        other_evidence=job.annotations,
+        classification=None,
+        templates=study.templates,
+        algorithm=study.algorithm,
+        series_instance_uid=derive_uid(study.uid, key, "sr-series", version),
+        sop_instance_uid=derive_uid(study.uid, key, "sr", version),
+        series_number=settings.prompts.series_number_sr,
+        manufacturer=settings.output.manufacturer,
+        unused=unused,
+    )
+    # The series description is what a viewer's study browser shows of the SR: say there that regions were
+    # left out, as OHIF draws no group without image coordinates (the reasons are in the report).
+    suffix = SERIES_SUFFIX + (f", {len(unused)} not used" if unused else "")
+    sr.SeriesDescription = study.templates.report.series_description[: 64 - len(suffix)] + suffix
+    return sr
+
+
 def encode_prompted(
     job: PromptJob,
     inference: Inference,
@@ -278,42 +336,31 @@ def encode_prompted(
 ) -> StudyResult:
     """The prompted SEG(s) and SR of a study from the engine's answer to ``job``.
 
+    A region whose image could not be decoded is stated in the SR as not used; when that leaves no
+    region, the SR alone answers (as :func:`encode_not_used`).
+
     Raises
     ------
     NoImagesError
-        If no drawn region could be segmented.
+        If nothing can be written (no region segmented and ``output.sr`` off), or no image to reference.
     EncodeError
         If the SEG or SR cannot be built.
     """
-    if not inference.frames:
-        raise NoImagesError("no annotated image could be decoded")
-    study_uid = str(inference.usable[0].StudyInstanceUID)
+    sources = inference.usable or job.report_sources
+    if not sources:
+        raise NoImagesError("the study has no image to report the drawn regions on")
+    study_uid = str(sources[0].StudyInstanceUID)
     version = models.algorithm.model_version
     key = derive_uid(study_uid, "prompted", *sorted(job.annotation_uids))
     overlays = OverlaySeries(templates, derive_uid(key, "sc"), 0, settings.output.manufacturer, version)
     study = StudyContext(study_uid, job.images, inference, models.algorithm, models, templates, settings, overlays)
     with timer.stage("encode"):
-        encoded = _encode_segmentations(study, job, key)
-        if not encoded.outputs:
-            raise NoImagesError("no drawn region could be segmented")
+        encoded = _encode_segmentations(study, job, key) if job.regions else Segmentations()
         outputs = list(encoded.outputs)
         if settings.output.sr:
-            sr = build_report(
-                sources=inference.usable,
-                findings=encoded.findings,
-                totals=totals(study, encoded.findings),
-                segmentations=[o.dataset for o in outputs],
-                other_evidence=job.annotations,
-                classification=None,
-                templates=templates,
-                algorithm=models.algorithm,
-                series_instance_uid=derive_uid(study_uid, key, "sr-series", version),
-                sop_instance_uid=derive_uid(study_uid, key, "sr", version),
-                series_number=settings.prompts.series_number_sr,
-                manufacturer=settings.output.manufacturer,
-            )
-            sr.SeriesDescription = templates.report.series_description[: 64 - len(SERIES_SUFFIX)] + SERIES_SUFFIX
-            outputs.append(OutputObject("SR", sr))
+            outputs.append(OutputObject("SR", _report(study, job, key, encoded)))
+    if not outputs:
+        raise NoImagesError("no drawn region could be segmented, and output.sr is off")
     encoded.notes += job.notes()
     summary = summarise(study, outputs, None, encoded, timer)
     summary = dataclasses.replace(summary, answered_annotations=job.annotation_uids)
@@ -326,6 +373,23 @@ def encode_prompted(
         summary.timings_ms,
     )
     return StudyResult(study_uid, outputs, summary, [], inference, encoded.regions)
+
+
+def encode_not_used(
+    job: PromptJob, models: ModelsInfo, templates: Templates, settings: Settings, timer: StageTimer
+) -> StudyResult:
+    """The answer to drawings of which no region gave a prompt: the prompted SR alone, stating that no
+    region was segmented and why each drawn region was not used (the engine is not called).
+
+    Raises
+    ------
+    NoImagesError
+        If the study has no image for the SR to reference, or ``output.sr`` is off.
+    EncodeError
+        If the SR cannot be built.
+    """
+    inference = Inference({}, None, list(job.report_sources), Counter())
+    return encode_prompted(job, inference, models, templates, settings, timer)
 
 
 def merge_summaries(automatic: StudySummary | None, prompted: StudySummary) -> StudySummary:

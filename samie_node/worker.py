@@ -37,6 +37,7 @@ from samie_node.previews import write_previews
 from samie_node.prompted import (
     PromptJob,
     annotation_objects,
+    encode_not_used,
     encode_prompted,
     merge_summaries,
     needs_automatic,
@@ -213,20 +214,40 @@ class Worker:
         return plan_prompts(annotations, selection.images) if annotations else None
 
     def _start_prompted(self, key: str, flight: _InFlight, timer: StageTimer) -> None:
-        """Hand the drawn regions to the engine; with none to segment, the study is done with its notes."""
+        """Hand the drawn regions to the engine; with none to segment, the study is done with the SR that
+        says why (or, when nothing was drawn at all, with its notes)."""
         job = flight.prompts
         if job is None:
             return
         if not job.regions:
-            summary = flight.summary or StudySummary(0, 0, 0, 0, None, {}, {}, [], {}, "")
-            notes = [*summary.notes, *job.notes()]
-            answered = [*summary.answered_annotations, *job.annotation_uids]
-            done = replace(summary, notes=notes, answered_annotations=answered)
-            self._record(key, "done", "", done, flight.started)
+            self._answer_not_used(key, flight, job, timer)
             return
         flight.stage = "prompted"
         self._in_flight[key] = flight
         self._scheduler.add(key, job.images, timer, job.frame_prompts())
+
+    def _answer_not_used(self, key: str, flight: _InFlight, job: PromptJob, timer: StageTimer) -> None:
+        """The one catcher of drawings that gave no prompt: the SR that says why is queued, the objects
+        answered; a failure leaves them unanswered, with the reason in the notes and the log."""
+        summary = flight.summary or StudySummary(0, 0, 0, 0, None, {}, {}, [], {}, "")
+        flight.stage, flight.summary = "prompted", summary
+        try:
+            if job.drawn:
+                models = self._engine.models_info()
+                if models is None:
+                    raise ModelError("the engine has not reported its models")
+                result = encode_not_used(job, models, self._templates, self._settings, timer)
+                self.queue_outputs(flight.record, result)
+                summary = merge_summaries(summary, result.summary)
+            else:
+                notes = [*summary.notes, *job.notes()]
+                summary = replace(
+                    summary, notes=notes, answered_annotations=[*summary.answered_annotations, *job.annotation_uids]
+                )
+        except SamieNodeError as exc:
+            self._fail(key, flight, str(exc))
+        else:
+            self._record(key, "done", "", summary, flight.started)
 
     def _finish(self, finished: FinishedStudy) -> None:
         """The one catcher of a study: done with its outputs queued, or failed with its reason."""

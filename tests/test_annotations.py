@@ -286,9 +286,10 @@ def test_scoord3d_regions_are_placed_on_their_slice() -> None:
 # -- presentation states -------------------------------------------------------------------------------------
 
 
-def _presentation_state(
+def presentation_state(
     image: Dataset, annotations: list[hd.pr.GraphicAnnotation], layer: hd.pr.GraphicLayer
 ) -> Dataset:
+    """A GSPS of ``annotations`` on ``image``, in its study, written and read back as a PACS stores it."""
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[image],
         series_instance_uid=hd.UID(),
@@ -323,7 +324,7 @@ def test_presentation_state_graphics() -> None:
     ]
     text = hd.pr.TextObject("suspicious", "PIXEL", bounding_box=(40, 30, 120, 45))
     annotation = hd.pr.GraphicAnnotation([image], layer, graphic_objects=objects, text_objects=[text])
-    state = _presentation_state(image, [annotation], layer)
+    state = presentation_state(image, [annotation], layer)
     found = read_annotations(state)
     assert _boxes(found.prompts) == [
         (40.0, 50.0, 120.0, 110.0),

@@ -3,7 +3,8 @@
 Orthanc sends a study to the node (C-STORE) and gets the automatic SEG and SR back. Then a report with a
 rectangle drawn around the lesion is stored in Orthanc (over REST, as a viewer's STOW-RS would); the
 shipped Lua rule forwards it to the node, which answers with a prompted SEG and SR of their own series,
-and only the drawn region is computed. The node's own SRs, arriving in Orthanc, are not forwarded, and
+and only the drawn region is computed. A report whose only rectangle is degenerate is answered by an SR
+alone that says why the region was not used. The node's own SRs, arriving in Orthanc, are not forwarded, and
 sent to the node directly they are not answered (loop guard). A rectangle drawn on an image the node
 never received makes it fetch the study from Orthanc (C-MOVE) and answer.
 """
@@ -19,30 +20,35 @@ import pydicom
 from dicom_checks import assert_dciodvfy_clean
 from engine_fixtures import dice
 from peers import running_node, running_orthanc
-from test_prompted import MIN_DICE, lesion_box
+from test_prompted import MIN_DICE, lesion_box, not_used_texts
 
 from samie_node.testing.drawn import rectangle_report
 from samie_node.testing.sample_studies import ultrasound_image, write_datasets
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 LUA = Path(__file__).resolve().parents[1] / "config" / "orthanc" / "forward-sr-to-samie.lua"
 PROMPTED_SEG_SERIES = 9904
+PROMPTED_SR_SERIES = 9905
 
 
-def segs_in(orthanc: Any, study_uid: str, series_number: int, count: int, timeout: float = 180) -> list[bytes]:
-    """The SEG files of ``series_number`` in Orthanc's copy of the study, once there are ``count``."""
+def segs_in(
+    orthanc: Any, study_uid: str, series_number: int, count: int, timeout: float = 180, sop_class_uid: str = SEG_CLASS
+) -> list[bytes]:
+    """The SEG (or other ``sop_class_uid``) files of ``series_number`` in Orthanc's copy of the study, once
+    there are ``count``."""
     deadline = time.monotonic() + timeout
     found: list[bytes] = []
     while time.monotonic() < deadline:
         found = []
         for item in orthanc.study_instances(study_uid):
             meta = orthanc.request("GET", f"/instances/{item['ID']}/simplified-tags")
-            if meta.get("SOPClassUID") == SEG_CLASS and int(meta.get("SeriesNumber") or 0) == series_number:
+            if meta.get("SOPClassUID") == sop_class_uid and int(meta.get("SeriesNumber") or 0) == series_number:
                 found.append(orthanc.instance_file(item["ID"]))
         if len(found) >= count:
             return found
         time.sleep(1)
-    raise TimeoutError(f"{len(found)} of {count} SEGs of series {series_number} arrived in Orthanc")
+    raise TimeoutError(f"{len(found)} of {count} objects of series {series_number} arrived in Orthanc")
 
 
 def segment_mask(seg: pydicom.Dataset, rows: int, columns: int) -> np.ndarray:
@@ -86,6 +92,19 @@ def test_a_drawn_rectangle_comes_back_as_a_seg_through_orthanc(tmp_path: Path) -
         status = node.wait_for_study(study_uid, {"done"})
         assert str(report.SOPInstanceUID) in status["result"]["answered_annotations"]
         assert "only the drawn regions are computed" in node.log()
+        # Only a degenerate rectangle: the answer is an SR alone, saying why the region was not used.
+        degenerate = rectangle_report(image, [(10.0, 10.0, 10.0, 40.0)])
+        orthanc.upload(write_datasets([degenerate], tmp_path / "degenerate")[0])
+        srs = segs_in(orthanc, study_uid, PROMPTED_SR_SERIES, 2, sop_class_uid=SR_CLASS)
+        bad_uid = str(degenerate.SOPInstanceUID)
+        answer = next(b for b in srs if bad_uid.encode() in b)
+        (tmp_path / "not-used.dcm").write_bytes(answer)
+        assert_dciodvfy_clean(tmp_path / "not-used.dcm")
+        assert not_used_texts(pydicom.dcmread(tmp_path / "not-used.dcm")) == [
+            f"Not used: measurement group 1 of annotation {bad_uid}: the outline has no area "
+            "(its 2 distinct point(s) lie on one line)"
+        ]
+        assert len(segs_in(orthanc, study_uid, PROMPTED_SEG_SERIES, 1)) == 1  # no SEG for it
         # A rectangle on an image only Orthanc has: the node fetches the study (C-MOVE) and answers.
         orthanc.upload(paths[1])
         orthanc.add_modality("samie", "SAMIE_NODE", "127.0.0.1", node.port)

@@ -10,6 +10,9 @@ in this order:
   only) and, in a series, the number of images it shows on; then an outline group (TID 1410) with the
   same tracking identifier and tracking UID (the same finding): the region's outline on the image where
   it is largest, as a SCOORD polyline on that source image;
+- per drawn region the node did not use (prompted mode only), a group (TID 1501) that says so, coded
+  (Finding: "Drawn region not used"), with a Comment naming the annotation object, where in it the
+  region was drawn and why it was not used;
 - a totals group (TID 1501): the area of all regions, their number and the images with a region, or the
   coded statement that no region was segmented;
 - a classification group (TID 1501): the predicted class as a coded qualitative evaluation, the
@@ -102,6 +105,23 @@ class RegionFinding:
     series: bool
     outline: RegionOutline
     probabilities: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class UnusedRegion:
+    """A region a radiologist drew that gave no prompt: the annotation object, where in it, and why.
+
+    The texts hold UIDs, item numbers and reasons, never the patient's identity.
+    """
+
+    annotation_sop_instance_uid: str
+    where: str
+    reason: str
+
+    @property
+    def text(self) -> str:
+        """The Comment the report writes (and a reader of any SR viewer sees)."""
+        return f"Not used: {self.where} of annotation {self.annotation_sop_instance_uid}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -298,6 +318,35 @@ def _region_groups(
     return [region, drawn]
 
 
+def _unused_group(
+    templates: Templates, algorithm: AlgorithmInfo, unused: UnusedRegion, number: int, study_instance_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A drawn region the node did not segment: a coded Finding for software, a Comment for the reader.
+
+    TID 1501 has no row for free text, but OHIF writes its labels as a Comment (DCM 121106) in each group
+    and reads them back the same way; the reason goes where a viewer that shows group text looks.
+    """
+    template = templates.report.regions
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(study_instance_uid, "unused", unused.annotation_sop_instance_uid, unused.where, str(number)),
+            identifier=f"{template.unused_tracking_identifier} {number}",
+        ),
+        finding_type=template.finding_type.concept(),
+        algorithm_id=_algorithm_id(algorithm),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=templates.report.classification.evaluation_name.concept(), value=template.unused.concept()
+            )
+        ],
+    )
+    comment = hd.sr.TextContentItem(
+        name=template.comment.concept(), value=unused.text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group[0].ContentSequence.append(comment)
+    return group
+
+
 def _totals_group(
     templates: Templates, algorithm: AlgorithmInfo, totals: StudyTotals, study_instance_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -339,6 +388,26 @@ def _totals_group(
     )
 
 
+def _groups(
+    findings: Sequence[RegionFinding],
+    unused: Sequence[UnusedRegion],
+    totals: StudyTotals,
+    classification: Classification | None,
+    templates: Templates,
+    algorithm: AlgorithmInfo,
+    study_instance_uid: str,
+) -> list[object]:
+    """The report's groups in the order the module notes give (those with image coordinates first)."""
+    groups: list[object] = []
+    for finding in findings:
+        groups += _region_groups(templates, algorithm, finding, classification.labels if classification else ())
+    for number, region in enumerate(unused, start=1):
+        groups.append(_unused_group(templates, algorithm, region, number, study_instance_uid))
+    groups.append(_totals_group(templates, algorithm, totals, study_instance_uid))
+    groups.append(_classification_group(templates, algorithm, classification, study_instance_uid))
+    return groups
+
+
 def build_report(
     *,
     sources: Sequence[Dataset],
@@ -353,6 +422,7 @@ def build_report(
     sop_instance_uid: str,
     series_number: int,
     manufacturer: str,
+    unused: Sequence[UnusedRegion] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the study's measurement report.
 
@@ -367,7 +437,10 @@ def build_report(
     segmentations
         Every SEG written for the study (also those without a region).
     other_evidence
-        Further objects the node wrote for this study (secondary capture overlays).
+        Further objects the node wrote for this study (secondary capture overlays), or the annotation
+        objects a prompted report answers.
+    unused
+        Drawn regions that gave no prompt (prompted mode), each stated with its reason.
 
     Raises
     ------
@@ -389,11 +462,7 @@ def build_report(
         )
     )
     try:
-        groups: list[object] = []
-        for finding in findings:
-            groups += _region_groups(templates, algorithm, finding, classification.labels if classification else ())
-        groups.append(_totals_group(templates, algorithm, totals, study_instance_uid))
-        groups.append(_classification_group(templates, algorithm, classification, study_instance_uid))
+        groups = _groups(findings, unused, totals, classification, templates, algorithm, study_instance_uid)
         report = hd.sr.MeasurementReport(
             observation_context=observation_context,
             procedure_reported=templates.report.procedure_reported.concept(),

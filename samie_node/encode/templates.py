@@ -95,6 +95,9 @@ class RegionsTemplate(BaseModel):
     images_with_region: Code
     images_unit: Code
     empty_result: Code
+    unused_tracking_identifier: str
+    unused: Code
+    comment: Code
 
 
 class ReportTemplate(BaseModel):
