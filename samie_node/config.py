@@ -253,7 +253,7 @@ class StructureProfile(_Strict):
 def _default_profiles() -> dict[str, StructureProfile]:
     return {
         "US": StructureProfile(min_pred_iou=0.7, min_area_fraction=0.008),
-        "XC": StructureProfile(min_edge=3.0, min_edge_local=1.4, min_z=0.0, min_area_fraction=0.005),
+        "XC": StructureProfile(min_edge_local=1.4, min_z=0.0, min_area_fraction=0.005),
         "OP": StructureProfile(min_edge_local=2.2, min_z=8.0, min_area_fraction=0.003),
         "CT": StructureProfile(min_stability=0.7),
         "MR": StructureProfile(min_edge_local=1.8, min_z=8.0),
