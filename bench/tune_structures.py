@@ -1,0 +1,140 @@
+"""Tune the structure filter offline: decode once, then replay the filter with other profile values.
+
+Run from the repository root::
+
+    .venv/bin/python bench/tune_structures.py dump --seed 1 [--seed 4 ...] [--out bench/scratch-tune]
+    .venv/bin/python bench/tune_structures.py replay --seed 1 --seed 2 [--set XC.min_edge=3.0 ...]
+
+``dump`` runs the automatic mode as the node runs it (``SamSegmenter.explain``: input filter, encoder,
+proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same
+set as ``bench/quality.py``) and stores every candidate mask with its measurements and LiteMedSAM's scores.
+Decoding is what costs (about a minute per seed on two cores); the filter is cheap. ``replay`` puts the
+stored candidates through ``engine.automatic.select`` with the configured profiles, changed by ``--set
+PROFILE.FIELD=VALUE``, and prints the quality table per seed and kind (the bench's scoring: Dice of the
+union, lesion recall, false-positive area share, lesion-free images with a region) for the configured and
+the changed profiles side by side. With no ``--set`` both columns must equal ``bench/quality.py``'s
+figures for the seed, which checks the replay.
+
+Tune on some seeds and report on others: a value chosen on the report seed says nothing about new images.
+A profile value is only half the check: the suite's real-image tests (``tests/test_segment.py``,
+``tests/test_structures.py``, the viewer tests) decide from pydicom's images, where a colour image without
+a Modality gets the photograph profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from samie_node.config import Settings, StructureProfile  # noqa: E402
+from samie_node.engine.automatic import Region, select  # noqa: E402
+from samie_node.engine.models import load_models  # noqa: E402
+from samie_node.testing.phantoms import benchmark_set  # noqa: E402
+from samie_node.testing.quality import KIND_MODALITY, KindSummary, score_image, summarise  # noqa: E402
+
+#: The generated set of ``bench/quality.py`` with its defaults (per kind, lesion-free per kind, controls).
+SET = (12, 2, 6)
+
+
+def _dump_file(out: Path, seed: int) -> Path:
+    return out / f"candidates-seed{seed}.pkl"
+
+
+def dump(seeds: list[int], out: Path) -> None:
+    """Decode every image of each seed once and store its candidates."""
+    segmenter = load_models(Settings()).segmenter
+    explain = getattr(segmenter, "explain", None)
+    if explain is None:
+        raise SystemExit("the configured segmenter has no automatic mode to explain")
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        images = []
+        for phantom in benchmark_set(seed, *SET):
+            profile, regions = explain(phantom.image, KIND_MODALITY[phantom.kind])
+            images.append(
+                {
+                    "kind": phantom.kind,
+                    "profile": profile,
+                    "shape": phantom.image.shape[:2],
+                    "lesions": [np.packbits(lesion) for lesion in phantom.lesions],
+                    "regions": [(np.packbits(r.mask), r.pred_iou, r.stability, r.features, r.score) for r in regions],
+                }
+            )
+        _dump_file(out, seed).write_bytes(pickle.dumps(images))
+        print(f"seed {seed}: {len(images)} images -> {_dump_file(out, seed)}")
+
+
+def _unpack(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
+def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile], max_masks: int) -> list[KindSummary]:
+    """The bench's per-kind summary of the stored candidates put through the filter with ``profiles``."""
+    scores = []
+    for image in images:
+        shape = image["shape"]
+        regions = [Region(_unpack(m, shape), iou, st, f, score) for m, iou, st, f, score in image["regions"]]
+        kept = select(regions, profiles[image["profile"]], max_masks)
+        lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
+        scores.append(score_image(image["kind"], [r.mask for r in kept], lesions, shape))
+    return summarise(scores)
+
+
+def changed_profiles(base: dict[str, StructureProfile], changes: list[str]) -> dict[str, StructureProfile]:
+    """``base`` with each ``PROFILE.FIELD=VALUE`` of ``changes`` applied (validated as the config is)."""
+    profiles = dict(base)
+    for change in changes:
+        target, _, value = change.partition("=")
+        name, _, field = target.partition(".")
+        if name not in profiles or field not in StructureProfile.model_fields:
+            raise SystemExit(f"--set {change}: expected PROFILE.FIELD=VALUE with a profile of {sorted(profiles)}")
+        profiles[name] = StructureProfile.model_validate({**profiles[name].model_dump(), field: value})
+    return profiles
+
+
+def _cell(summary: KindSummary) -> str:
+    return (
+        f"{summary.mean_dice:.3f} / {summary.recall:.2f} / {summary.false_positive_share:.3f} / "
+        f"{summary.negatives_with_region}"
+    )
+
+
+def replay(seeds: list[int], out: Path, changes: list[str]) -> None:
+    """Print configured vs changed profiles per seed and kind."""
+    settings = Settings().segmenter
+    changed = changed_profiles(settings.profiles, changes)
+    print("seed | kind | configured: Dice / recall / FP share / neg. | changed: Dice / recall / FP share / neg.")
+    for seed in seeds:
+        path = _dump_file(out, seed)
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump --seed {seed}` first")
+        images = pickle.loads(path.read_bytes())
+        before = evaluate(images, settings.profiles, settings.max_masks)
+        after = {s.kind: s for s in evaluate(images, changed, settings.max_masks)}
+        for summary in before:
+            print(f"{seed} | {summary.kind} | {_cell(summary)} | {_cell(after[summary.kind])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("dump", "replay"))
+    parser.add_argument("--seed", type=int, action="append", required=True)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "scratch-tune")
+    parser.add_argument("--set", dest="changes", action="append", default=[], help="PROFILE.FIELD=VALUE")
+    args = parser.parse_args()
+    if args.action == "dump":
+        dump(args.seed, args.out)
+    else:
+        replay(args.seed, args.out, args.changes)
+
+
+if __name__ == "__main__":
+    main()
