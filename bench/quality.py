@@ -19,7 +19,7 @@ photographs, CT and MR structures, and noise-only controls) it prints:
 
 Then every image bundled with pydicom (read from the installed package, never downloaded; the first frame
 of multi-frame ones): its modality, the profile chosen, and each kept region's area and measurements.
-``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the report seed
+``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the last seed
 and the real images. The node's engine runs as the node runs it (OpenVINO when it loads, else torch).
 """
 
