@@ -2,12 +2,12 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/quality.py [--tune-seed 1] [--report-seed 2] [--per-kind 12] [--negatives 2]
-                                      [--controls 6] [--sheet docs/automatic-regions.png] [--json PATH]
-                                      [--skip-phantoms]
+    .venv/bin/python bench/quality.py [--seed 6 --seed 7] [--per-kind 12] [--negatives 2] [--controls 6]
+                                      [--sheet docs/automatic-regions.png] [--json PATH] [--skip-phantoms]
 
-The structure profiles (``segmenter.profiles``) were tuned on the phantoms of ``--tune-seed``; the figures
-that count are those of ``--report-seed``, a set the defaults never saw. Per seed and kind of image
+The structure profiles (``segmenter.profiles``) were tuned on the phantoms of seeds 1 to 5
+(``TUNED_SEEDS``, with ``bench/tune_structures.py``); the figures that count are those of other seeds, sets
+the defaults never saw (the default: 6 and 7). Each seed's table says which it is. Per seed and kind of image
 (breast-ultrasound-like masses bright and dark, pigmented skin lesions with hair, optic discs on fundus-like
 photographs, CT and MR structures, and noise-only controls) it prints:
 
@@ -19,7 +19,7 @@ photographs, CT and MR structures, and noise-only controls) it prints:
 
 Then every image bundled with pydicom (read from the installed package, never downloaded; the first frame
 of multi-frame ones): its modality, the profile chosen, and each kept region's area and measurements.
-``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the report seed
+``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the last seed
 and the real images. The node's engine runs as the node runs it (OpenVINO when it loads, else torch).
 """
 
@@ -48,6 +48,9 @@ from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.testing.phantoms import Phantom, benchmark_set
 from samie_node.testing.quality import KIND_MODALITY, score_set, summarise
+
+#: The seeds whose generated sets the structure profiles were tuned on: not a report.
+TUNED_SEEDS = frozenset({1, 2, 3, 4, 5})
 
 
 def _real_images() -> list[tuple[str, str, np.ndarray]]:
@@ -90,7 +93,8 @@ def _phantom_table(segmenter: SamSegmenter, phantoms: list[Phantom], seed: int) 
     auto = summarise(score_set(segmenter, phantoms))
     boxed = {s.kind: s for s in summarise(score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True))}
     rows = []
-    print(f"\nseed {seed}: {len(phantoms)} images")
+    role = "tuned on" if seed in TUNED_SEEDS else "report, not tuned on"
+    print(f"\nseed {seed} ({role}): {len(phantoms)} images")
     header = ("kind", "images", "lesions", "Dice", "box Dice", "recall", "FP share", "neg.")
     print("{:14} {:>6} {:>7} {:>6} {:>8} {:>6} {:>8} {:>5}".format(*header))
     for s in auto:
@@ -100,7 +104,7 @@ def _phantom_table(segmenter: SamSegmenter, phantoms: list[Phantom], seed: int) 
             f"{s.kind:14} {s.images:6d} {s.lesions:7d} {s.mean_dice:6.3f} {ceiling:8.3f} {s.recall:6.2f}"
             f" {s.false_positive_share:8.3f} {negatives:>5}"
         )
-        rows.append({**s.__dict__, "box_dice": ceiling, "seed": seed})
+        rows.append({**s.__dict__, "box_dice": ceiling, "seed": seed, "tuned": seed in TUNED_SEEDS})
     return rows
 
 
@@ -136,8 +140,7 @@ def _sheet(tiles: list[np.ndarray], path: Path, columns: int = 8) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tune-seed", type=int, default=1)
-    parser.add_argument("--report-seed", type=int, default=2)
+    parser.add_argument("--seed", type=int, action="append", help="a generated set (repeat; default 6 and 7)")
     parser.add_argument("--per-kind", type=int, default=12)
     parser.add_argument("--negatives", type=int, default=2)
     parser.add_argument("--controls", type=int, default=6)
@@ -154,10 +157,11 @@ def main() -> None:
     )
     report: dict[str, Any] = {"phantoms": [], "real": []}
     tiles: list[np.ndarray] = []
-    for seed in () if args.skip_phantoms else (args.tune_seed, args.report_seed):
+    seeds = args.seed or [6, 7]
+    for seed in () if args.skip_phantoms else seeds:
         phantoms = benchmark_set(seed, args.per_kind, args.negatives, args.controls)
         report["phantoms"] += _phantom_table(segmenter, phantoms, seed)
-        if seed == args.report_seed and args.sheet:
+        if seed == seeds[-1] and args.sheet:
             for item in phantoms[:: max(1, len(phantoms) // 24)][:24]:
                 masks = list(segmenter.segment([item.image], modalities=[KIND_MODALITY[item.kind]])[0].masks)
                 tiles.append(_tile(item.image, item.lesions, masks, f"{item.kind} seed {seed}"))

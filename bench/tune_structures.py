@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/tune_structures.py dump --seed 1 [--seed 4 ...] [--out bench/scratch-tune]
     .venv/bin/python bench/tune_structures.py replay --seed 1 --seed 2 [--set XC.min_edge=3.0 ...]
+    .venv/bin/python bench/tune_structures.py search --seed 1 ... --seed 5 --profile US [--set ...]
 
 ``dump`` runs the automatic mode as the node runs it (``SamSegmenter.explain``: input filter, encoder,
 proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same
@@ -14,6 +15,13 @@ PROFILE.FIELD=VALUE``, and prints the quality table per seed and kind (the bench
 union, lesion recall, false-positive area share, lesion-free images with a region) for the configured and
 the changed profiles side by side. With no ``--set`` both columns must equal ``bench/quality.py``'s
 figures for the seed, which checks the replay.
+
+``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
+when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
+adds, per kind the profile serves, 1 - Dice, 1 - recall, twice the false-positive share and 0.05 per
+lesion-free image with a region. It prints the values it ends with and the table before and after. It
+finds a local optimum of a few seeds' phantoms: a suggestion to check on real images (``bench/quality.py``)
+and on seeds it never saw, not a value to copy.
 
 Tune on some seeds and report on others: a value chosen on the report seed says nothing about new images.
 A profile value is only half the check: the suite's real-image tests (``tests/test_segment.py``,
@@ -100,6 +108,62 @@ def changed_profiles(base: dict[str, StructureProfile], changes: list[str]) -> d
     return profiles
 
 
+#: The values ``search`` tries per profile field.
+GRID: dict[str, tuple[float, ...]] = {
+    "min_contrast": (2.0, 2.5, 2.8, 3.0, 3.5, 4.0, 4.5),
+    "min_z": (0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0),
+    "min_edge": (1.0, 1.3, 1.5, 1.7, 1.9, 2.1),
+    "min_edge_local": (1.2, 1.4, 1.6, 1.8, 2.0, 2.2),
+    "min_thickness": (0.4, 0.5, 0.55, 0.6),
+    "min_pred_iou": (0.5, 0.6, 0.65, 0.7, 0.75, 0.8),
+    "min_stability": (0.5, 0.6, 0.65, 0.7, 0.75),
+    "min_area_fraction": (0.0015, 0.003, 0.005, 0.008),
+}
+
+
+def loss(summaries: list[KindSummary]) -> float:
+    """What ``search`` lowers (see the module notes)."""
+    total = 0.0
+    for summary in summaries:
+        total += 0.05 * summary.negatives_with_region
+        if summary.lesions:
+            total += (1 - summary.mean_dice) + (1 - summary.recall) + 2 * summary.false_positive_share
+    return total
+
+
+def search(seeds: list[int], out: Path, profile: str, changes: list[str]) -> None:
+    """Coordinate search of ``profile``'s thresholds on the stored candidates of ``seeds``."""
+    settings = Settings().segmenter
+    images = [image for seed in seeds for image in _load(out, seed) if image["profile"] == profile]
+    if not images:
+        raise SystemExit(f"no image of these seeds uses the {profile} profile")
+    profiles = changed_profiles(settings.profiles, changes)
+    start = evaluate(images, profiles, settings.max_masks)
+    best = loss(start)
+    changed = True
+    while changed:
+        changed = False
+        for field, values in GRID.items():
+            for value in values:
+                trial = changed_profiles(profiles, [f"{profile}.{field}={value}"])
+                trial_loss = loss(evaluate(images, trial, settings.max_masks))
+                if trial_loss < best - 1e-9:
+                    best, profiles, changed = trial_loss, trial, True
+    print(f"{profile}: " + ", ".join(f"{k} = {v}" for k, v in profiles[profile].model_dump().items()))
+    after = {s.kind: s for s in evaluate(images, profiles, settings.max_masks)}
+    print("kind | before: Dice / recall / FP share / neg. | after: Dice / recall / FP share / neg.")
+    for summary in start:
+        print(f"{summary.kind} | {_cell(summary)} | {_cell(after[summary.kind])}")
+
+
+def _load(out: Path, seed: int) -> list[dict[str, Any]]:
+    path = _dump_file(out, seed)
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump --seed {seed}` first")
+    images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
+    return images
+
+
 def _cell(summary: KindSummary) -> str:
     return (
         f"{summary.mean_dice:.3f} / {summary.recall:.2f} / {summary.false_positive_share:.3f} / "
@@ -113,10 +177,7 @@ def replay(seeds: list[int], out: Path, changes: list[str]) -> None:
     changed = changed_profiles(settings.profiles, changes)
     print("seed | kind | configured: Dice / recall / FP share / neg. | changed: Dice / recall / FP share / neg.")
     for seed in seeds:
-        path = _dump_file(out, seed)
-        if not path.exists():
-            raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump --seed {seed}` first")
-        images = pickle.loads(path.read_bytes())
+        images = _load(out, seed)
         before = evaluate(images, settings.profiles, settings.max_masks)
         after = {s.kind: s for s in evaluate(images, changed, settings.max_masks)}
         for summary in before:
@@ -125,13 +186,18 @@ def replay(seeds: list[int], out: Path, changes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("dump", "replay"))
+    parser.add_argument("action", choices=("dump", "replay", "search"))
     parser.add_argument("--seed", type=int, action="append", required=True)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "scratch-tune")
     parser.add_argument("--set", dest="changes", action="append", default=[], help="PROFILE.FIELD=VALUE")
+    parser.add_argument("--profile", help="the profile `search` tunes (US, XC, OP, CT, MR, default)")
     args = parser.parse_args()
     if args.action == "dump":
         dump(args.seed, args.out)
+    elif args.action == "search":
+        if not args.profile:
+            raise SystemExit("search needs --profile")
+        search(args.seed, args.out, args.profile, args.changes)
     else:
         replay(args.seed, args.out, args.changes)
 

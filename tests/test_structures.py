@@ -85,7 +85,7 @@ def test_a_profile_in_the_file_changes_only_what_it_names(tmp_path: Path) -> Non
 
 
 def test_every_kind_is_found_and_noise_keeps_no_region(lite: SamSegmenter) -> None:
-    """Seed 21 (the defaults were tuned on seed 1): three images per kind, one of them lesion-free, and
+    """Seed 21 (the defaults were tuned on seeds 1 to 5): three images per kind, one of them lesion-free, and
     noise-only controls. Measured on this seed: see the comments."""
     phantoms = benchmark_set(21, per_kind=3, negatives_per_kind=1, controls=0)
     phantoms += [noise_only(np.random.default_rng(100 + k)) for k in range(4)]
