@@ -33,7 +33,7 @@ from samie_node.engine.runtime_openvino import (
     export_folder,
     verified,
 )
-from samie_node.engine.sam import BoxDecoder, SamSegmenter
+from samie_node.engine.sam import BoxDecoder, ImageEmbedding, SamSegmenter
 from samie_node.engine.weights import load_segmenter
 from samie_node.testing.synthetic import disc_on_speckle
 
@@ -106,6 +106,17 @@ def test_the_rearranged_decoder_computes_the_reference_decoder(reference: SamSeg
     torch.testing.assert_close(folded[0], expected[0], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(folded[1], expected[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(single[0], expected[0][1:2], atol=1e-3, rtol=1e-4)  # boxes do not mix
+
+
+def test_mask_upsampling_is_segment_anythings(reference: SamSegmenter) -> None:
+    # The segmenter skips bilinear resizes to the size a tensor already has; the logits must stay exactly
+    # those of Sam.postprocess_masks, for a 256 px image (no resize at all) and for larger and smaller ones.
+    low_res = torch.randn(3, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    for original, resized in (((256, 256), (256, 256)), ((300, 517), (149, 256)), ((128, 96), (256, 192))):
+        embedding = ImageEmbedding(torch.zeros(1, 256, 64, 64), original_size=original, input_size=resized)
+        with torch.inference_mode():
+            expected = reference.model.postprocess_masks(low_res, resized, original)
+            assert torch.equal(reference._upsample(low_res, embedding), expected)
 
 
 def test_export_is_cached_and_verified(cache: Path, accelerated: SamSegmenter) -> None:

@@ -84,9 +84,9 @@ def _decoded_regions(
     boxes = grow(boxes, PAD, height, width)
     masks, ious, stabilities = decode(boxes)
     entries = list(zip(masks, ious, stabilities, strict=True))
+    mains = [largest_component(mask) for mask in masks]
     tight: list[np.ndarray] = []
-    for index, mask in enumerate(masks):
-        main = largest_component(mask)
+    for index, main in enumerate(mains):
         box = tight_box(main)
         if box is None or main.sum() > profile.max_area_fraction * height * width:
             continue
@@ -96,8 +96,8 @@ def _decoded_regions(
     if tight:
         entries += list(zip(*decode(np.stack(tight)), strict=True))
     regions = []
-    for mask, iou, stability in entries:
-        cleaned = fill_holes(largest_component(mask))
+    for index, (mask, iou, stability) in enumerate(entries):
+        cleaned = fill_holes(mains[index] if index < len(mains) else largest_component(mask))
         features = structure_features(maps.to_work(cleaned), maps) or {}
         score = structure_score(features) if features else 0.0
         regions.append(Region(cleaned, float(iou), float(stability), features, score))

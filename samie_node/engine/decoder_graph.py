@@ -13,6 +13,15 @@ image-to-token attention
     The scores ``(W_q,h x + b_q,h) k_h^T`` become ``x (W_q,h^T k_h^T) + b_q,h k_h^T``, and the output
     projection is applied to the seven values before the attention weights mix them.
 
+output upscaling
+    Both transposed convolutions have kernel 2 and stride 2: each input position makes its own 2 x 2 block
+    of outputs, so each is one matrix product of the positions' channel rows (``x W``, W's columns ordered
+    block position first, channel last), computed on the (box, position, channel) rows the attention
+    leaves, channels last. The layer norm, the GELUs and the hypernetwork's dot product work on the
+    channels of a row too; only the (box, 256, 256) mask logits are put in image order at the end. The
+    original order transposes every box's 64 x 64 x 256 positions to channels-first and the 32-channel
+    256 x 256 maps back, the largest memory traffic of the decoder.
+
 Before the first attention block every box sees the same image positions, so they stay one copy (batch 1,
 broadcast against the boxes) until the first image-to-token attention makes them differ. Only the first
 mask token's output is computed (one mask per box). Numerically the result differs from the original
@@ -26,6 +35,7 @@ import math
 
 import torch
 from segment_anything.modeling import Sam
+from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
 
@@ -83,6 +93,30 @@ def _block(
     return queries, keys
 
 
+def _upscaled_masks(
+    decoder: MaskDecoder, keys: torch.Tensor, hyper: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """``output_upscaling`` of the (K, h*w, C) ``keys`` and its dot product with (K, C/8) ``hyper``, channels
+    last (see the module notes); (K, 1, 4h, 4w) mask logits."""
+    first, norm, first_act, second, second_act = decoder.output_upscaling
+    count, positions, channels = keys.shape
+    mid, last = first.weight.shape[1], second.weight.shape[1]
+    # (C_in, C_out, i, j) -> (C_in, (i, j, C_out)): one row of the product is one position's 2 x 2 block.
+    x = keys @ first.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid) + first.bias.repeat(4)
+    x = x.reshape(count, positions * 4, mid)
+    mean = x.mean(-1, keepdim=True)
+    variance = (x - mean).pow(2).mean(-1, keepdim=True)
+    x = first_act((x - mean) / torch.sqrt(variance + norm.eps) * norm.weight + norm.bias)
+    x = second_act(x @ second.weight.permute(0, 2, 3, 1).reshape(mid, 4 * last) + second.bias.repeat(4))
+    x = x.reshape(count, positions * 16, last)
+    masks = x @ hyper.unsqueeze(-1)
+    # rows are (y, x, i, j, i2, j2): output row 4y + 2i + i2, column 4x + 2j + j2.
+    height, width = size
+    masks = masks.reshape(count, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+    result: torch.Tensor = masks.reshape(count, 1, 4 * height, 4 * width)
+    return result
+
+
 class FoldedBoxDecoder(torch.nn.Module):
     """:class:`samie_node.engine.sam.BoxDecoder`'s function, computed as the module notes describe."""
 
@@ -97,7 +131,7 @@ class FoldedBoxDecoder(torch.nn.Module):
         sparse, _ = prompts(points=None, boxes=boxes, masks=None)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse), dim=1)
-        _, channels, height, width = features.shape
+        _, _, height, width = features.shape
         src = features + prompts.no_mask_embed.weight.reshape(1, -1, 1, 1)  # the dense prompt without a mask
         keys = src.flatten(2).permute(0, 2, 1)
         key_pe = prompts.get_dense_pe().flatten(2).permute(0, 2, 1)
@@ -107,9 +141,7 @@ class FoldedBoxDecoder(torch.nn.Module):
             queries, keys = _block(block, queries, keys, tokens, key_pe)
         attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
         queries = transformer.norm_final_attn(queries + attn_out)
-        count = keys.shape[0]
-        upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(count, channels, height, width))
         hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :])
-        masks = (hyper.unsqueeze(1) @ upscaled.flatten(2)).reshape(count, 1, *upscaled.shape[2:])
+        masks = _upscaled_masks(decoder, keys, hyper, (height, width))
         iou = decoder.iou_prediction_head(queries[:, 0, :])[:, :1]
         return masks, iou

@@ -81,6 +81,8 @@ class _RegionScan:
         self.s1 = cv2.integral(masked)
         self.s2 = cv2.integral(masked * masked)
         self.fg_integral = cv2.integral(self.foreground.astype(np.float64))
+        self.values = blurred.ravel()
+        self.squares = (blurred * blurred).ravel()
         self.min_area = max(profile.min_area_fraction * rows * cols, np.pi * (1.5 * sigma) ** 2)
         self.max_area = profile.max_area_fraction * max(1, int(self.foreground.sum()))
 
@@ -88,16 +90,17 @@ class _RegionScan:
         """(quick contrast, work-pixel box, area) of each plausible connected region of ``binary``."""
         rows, cols = self.shape
         count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        if count <= 1:
+        x, y, w, h, area = stats[1:count].T
+        plausible = (self.min_area <= area) & (area <= self.max_area) & ~((x == 0) & (w == cols))
+        plausible &= ~((y == 0) & (h == rows))
+        if not plausible.any():
             return []
         flat = labels.ravel()
-        sums = np.bincount(flat, weights=self.blurred.ravel(), minlength=count)
-        squares = np.bincount(flat, weights=(self.blurred * self.blurred).ravel(), minlength=count)
+        sums = np.bincount(flat, weights=self.values, minlength=count)
+        squares = np.bincount(flat, weights=self.squares, minlength=count)
         found = []
-        for label in range(1, count):
+        for label in 1 + np.flatnonzero(plausible):
             x, y, w, h, area = (int(v) for v in stats[label])
-            if not self.min_area <= area <= self.max_area or (x == 0 and w == cols) or (y == 0 and h == rows):
-                continue
             pad = int(np.clip(0.4 * np.sqrt(area / np.pi), 3, 24))
             rx0, ry0, rx1, ry1 = max(0, x - pad), max(0, y - pad), min(cols, x + w + pad), min(rows, y + h + pad)
             n_ring = _rect_sum(self.fg_integral, rx0, ry0, rx1, ry1) - area
@@ -112,12 +115,13 @@ class _RegionScan:
         return found
 
 
-def _quick_regions(maps: Maps, profile: StructureProfile) -> list[_Quick]:
+def _quick_regions(maps: Maps, profile: StructureProfile, blurs: dict[tuple[int, float], np.ndarray]) -> list[_Quick]:
+    """Every thresholded region with its quick contrast, best first; ``blurs`` gets each blurred map."""
     quick: list[_Quick] = []
     seen: set[tuple[int, ...]] = set()
     for index, channel in enumerate(maps.channels):
         for sigma in SMOOTHING:
-            blurred = cv2.GaussianBlur(channel, (0, 0), sigma)
+            blurred = blurs[index, sigma] = cv2.GaussianBlur(channel, (0, 0), sigma)
             values = blurred[maps.foreground]
             if values.size < 16 or float(values.max() - values.min()) < 1e-3:
                 continue
@@ -134,9 +138,8 @@ def _quick_regions(maps: Maps, profile: StructureProfile) -> list[_Quick]:
     return quick
 
 
-def _region_of(item: _Quick, maps: Maps) -> np.ndarray | None:
-    """The largest region of ``item``'s threshold inside its box, as a work-size mask."""
-    blurred = cv2.GaussianBlur(maps.channels[item.channel], (0, 0), item.sigma)
+def _region_of(item: _Quick, maps: Maps, blurred: np.ndarray) -> np.ndarray | None:
+    """The largest region of ``item``'s threshold (on its ``blurred`` map) inside its box, as a work-size mask."""
     x0, y0, x1, y1 = (int(v) for v in item.box)
     window = blurred[y0:y1, x0:x1]
     binary = (window > item.threshold) if item.bright else (window <= item.threshold)
@@ -152,14 +155,15 @@ def _region_of(item: _Quick, maps: Maps) -> np.ndarray | None:
 def propose(maps: Maps, profile: StructureProfile) -> list[Candidate]:
     """The best distinct regions of the image, as boxes in image pixels, best first (see the module notes)."""
     shortlist: list[_Quick] = []
-    for item in _quick_regions(maps, profile):
+    blurs: dict[tuple[int, float], np.ndarray] = {}
+    for item in _quick_regions(maps, profile, blurs):
         if all(box_iou(item.box, other.box) <= 0.85 for other in shortlist):
             shortlist.append(item)
         if len(shortlist) >= 4 * MAX_CANDIDATES:
             break
     candidates: list[Candidate] = []
     for item in shortlist:
-        region = _region_of(item, maps)
+        region = _region_of(item, maps, blurs[item.channel, item.sigma])
         features = structure_features(region, maps) if region is not None else None
         if features is not None and passes(features, profile, candidate=True):
             source = f"{maps.names[item.channel]}{item.sigma:g}{'b' if item.bright else 'd'}"

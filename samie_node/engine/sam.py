@@ -31,6 +31,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import calculate_stability_score, remove_small_regions
+from torch.nn.functional import interpolate
 
 from samie_node.config import SegmenterSettings
 from samie_node.engine.automatic import Decoder, Region, candidate_regions, find_structures, profile_name, select
@@ -277,9 +278,21 @@ class SamSegmenter:
         return transformed
 
     def _upsample(self, low_res: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
-        """The decoder's (k, 1, 256, 256) float32 logits to (k, 1, H, W) logits at the image's size."""
-        upsampled: torch.Tensor = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-        return upsampled
+        """The decoder's (k, 1, 256, 256) float32 logits to (k, 1, H, W) logits at the image's size.
+
+        ``Sam.postprocess_masks`` (bilinear to the encoder's input size, crop the padding, bilinear to the
+        image's size), except that a resize to the size a tensor already has is skipped: bilinear
+        interpolation to the same size returns its input (LiteMedSAM's logits are already 256 px, and
+        images of 256 px need no second resize).
+        """
+        size = self.model.image_encoder.img_size
+        masks = low_res
+        if tuple(masks.shape[-2:]) != (size, size):
+            masks = interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : embedding.input_size[0], : embedding.input_size[1]]
+        if tuple(masks.shape[-2:]) != embedding.original_size:
+            masks = interpolate(masks, embedding.original_size, mode="bilinear", align_corners=False)
+        return masks
 
     def _decode(self, embedding: ImageEmbedding, boxes: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
         """Decode (K, 4) boxes in image pixels in chunks; yield (logits (k, H, W) float32, iou (k,)).

@@ -229,9 +229,8 @@ class _Window:
     sigma: float
 
 
-def _window(mask: np.ndarray, maps: Maps, area: int) -> _Window:
+def _window(mask: np.ndarray, maps: Maps, area: int, ys: np.ndarray, xs: np.ndarray) -> _Window:
     rows, cols = mask.shape
-    ys, xs = np.nonzero(mask)
     radius = float(np.sqrt(area / np.pi))
     sigma = _stat_sigma(radius)
     gap = round(sigma) + 1
@@ -288,7 +287,8 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
     if area < 4:
         return None
     rows, cols = mask.shape
-    window = _window(mask, maps, area)
+    ys, xs = np.nonzero(mask)
+    window = _window(mask, maps, area, ys, xs)
     contrasts = _contrasts(window, maps)
     inner_border, edge_share = _border(window, (rows, cols))
     gradient = maps.gradient[window.sigma][window.y0 : window.y1, window.x0 : window.x1]
@@ -298,7 +298,6 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
     distance = cv2.distanceTransform(np.pad(window.crop, 1), cv2.DIST_L2, 5)
     contours, _ = cv2.findContours(window.crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull_area = sum(cv2.contourArea(cv2.convexHull(c)) for c in contours)
-    ys, xs = np.nonzero(mask)
     sides = int(ys.min() == 0) + int(ys.max() == rows - 1) + int(xs.min() == 0) + int(xs.max() == cols - 1)
     spans = (ys.min() == 0 and ys.max() == rows - 1) or (xs.min() == 0 and xs.max() == cols - 1)
     in_foreground = int(np.logical_and(mask, maps.foreground).sum())
