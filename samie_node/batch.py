@@ -36,6 +36,7 @@ from samie_node.prompted import (
     encode_not_used,
     encode_prompted,
     merge_summaries,
+    noted,
     plan_prompts,
 )
 from samie_node.scheduler import FinishedStudy, Scheduler
@@ -213,8 +214,7 @@ class _Batch:
             elif job.prompts.drawn:  # no drawn region gave a prompt: the SR alone says why
                 drawn = encode_not_used(job.prompts, self.models, self.templates, self.settings, StageTimer())
             else:  # nothing drawn: notes only
-                notes = [*result.summary.notes, *job.prompts.notes()]
-                return replace(result, summary=replace(result.summary, notes=notes))
+                return replace(result, summary=noted(result.summary, job.prompts))
         except SamieNodeError as exc:  # the automatic results stand; the drawings are not answered
             note = f"drawn regions not answered: {exc}"
             return replace(result, summary=replace(result.summary, notes=[*result.summary.notes, note]))

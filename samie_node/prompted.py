@@ -392,6 +392,16 @@ def encode_not_used(
     return encode_prompted(job, inference, models, templates, settings, timer)
 
 
+def noted(summary: StudySummary, job: PromptJob) -> StudySummary:
+    """``summary`` after drawings that ask for no answer (nothing drawn in them): their notes added and
+    their objects recorded as answered, so they are not read again (``serve`` and ``process`` alike)."""
+    return dataclasses.replace(
+        summary,
+        notes=[*summary.notes, *job.notes()],
+        answered_annotations=[*summary.answered_annotations, *job.annotation_uids],
+    )
+
+
 def merge_summaries(automatic: StudySummary | None, prompted: StudySummary) -> StudySummary:
     """The study's summary after its prompted part: the automatic numbers kept, the prompted outputs,
     notes and answered annotations added."""

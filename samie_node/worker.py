@@ -41,6 +41,7 @@ from samie_node.prompted import (
     encode_prompted,
     merge_summaries,
     needs_automatic,
+    noted,
     plan_prompts,
 )
 from samie_node.records import InstanceRecord
@@ -240,10 +241,7 @@ class Worker:
                 self.queue_outputs(flight.record, result)
                 summary = merge_summaries(summary, result.summary)
             else:
-                notes = [*summary.notes, *job.notes()]
-                summary = replace(
-                    summary, notes=notes, answered_annotations=[*summary.answered_annotations, *job.annotation_uids]
-                )
+                summary = noted(summary, job)
         except SamieNodeError as exc:
             self._fail(key, flight, str(exc))
         else:

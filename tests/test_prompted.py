@@ -284,6 +284,25 @@ def test_an_object_with_nothing_drawn_asks_for_no_answer(settings: Settings, tmp
     assert degenerate.drawn and not degenerate.regions
 
 
+def test_process_notes_an_object_with_nothing_drawn_and_does_not_answer_it(
+    engine: LocalEngine, templates: Templates, settings: Settings, tmp_path: Path
+) -> None:
+    """As ``serve`` does: the images get their automatic results, the report is noted and recorded as
+    answered, and no prompted SEG or SR is written for it."""
+    image, _ = ultrasound_image(rows=120, columns=160, seed=40)
+    text_only = rectangle_report(image, [])
+    write_datasets([image, text_only], tmp_path / "in")
+    outcomes, unusable = process_paths(
+        [tmp_path / "in"], tmp_path / "out", engine=engine, templates=templates, settings=settings
+    )
+    assert unusable == 0 and [o.state for o in outcomes] == ["done"]
+    series = {pydicom.dcmread(p).SeriesNumber for p in outcomes[0].outputs}
+    assert series and not series & {settings.prompts.series_number_seg, settings.prompts.series_number_sr}
+    uid = str(text_only.SOPInstanceUID)
+    assert outcomes[0].summary["answered_annotations"] == [uid]
+    assert any(uid in note and "holds no measurement group" in note for note in outcomes[0].summary["notes"])
+
+
 # -- presentation states through the node -------------------------------------------------------------------
 
 
