@@ -58,8 +58,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def _rect_sum(integral: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> float:
-    return float(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0])
+def _rect_sums(integral: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """Sums over rectangles [y0, y1) x [x0, x1) from an integral image, one per element."""
+    result: np.ndarray = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return result
 
 
 def _thresholds(values: np.ndarray) -> list[float]:
@@ -81,38 +83,52 @@ class _RegionScan:
         self.s1 = cv2.integral(masked)
         self.s2 = cv2.integral(masked * masked)
         self.fg_integral = cv2.integral(self.foreground.astype(np.float64))
-        self.values = blurred.ravel()
-        self.squares = (blurred * blurred).ravel()
+        # float64 once: bincount would convert its weights on every call (the same values, exactly).
+        self.values = blurred.ravel().astype(np.float64)
+        self.squares = (blurred * blurred).ravel().astype(np.float64)
         self.min_area = max(profile.min_area_fraction * rows * cols, np.pi * (1.5 * sigma) ** 2)
         self.max_area = profile.max_area_fraction * max(1, int(self.foreground.sum()))
 
     def regions(self, binary: np.ndarray) -> list[tuple[float, np.ndarray, int]]:
-        """(quick contrast, work-pixel box, area) of each plausible connected region of ``binary``."""
+        """(quick contrast, work-pixel box, area) of each plausible connected region of ``binary``.
+
+        The per-region arithmetic is done on arrays of all plausible regions at once, with the same float64
+        operations in the same order as one region at a time, so every contrast is the same number (squares
+        through ``float_power``, which rounds like a scalar's ``** 2``; an array's ``** 2`` multiplies, which
+        differs in the last bit now and then).
+        """
         rows, cols = self.shape
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
         x, y, w, h, area = stats[1:count].T
         plausible = (self.min_area <= area) & (area <= self.max_area) & ~((x == 0) & (w == cols))
         plausible &= ~((y == 0) & (h == rows))
         if not plausible.any():
             return []
-        flat = labels.ravel()
-        sums = np.bincount(flat, weights=self.values, minlength=count)
-        squares = np.bincount(flat, weights=self.squares, minlength=count)
-        found = []
-        for label in 1 + np.flatnonzero(plausible):
-            x, y, w, h, area = (int(v) for v in stats[label])
-            pad = int(np.clip(0.4 * np.sqrt(area / np.pi), 3, 24))
-            rx0, ry0, rx1, ry1 = max(0, x - pad), max(0, y - pad), min(cols, x + w + pad), min(rows, y + h + pad)
-            n_ring = _rect_sum(self.fg_integral, rx0, ry0, rx1, ry1) - area
-            if n_ring < 8:
-                continue
-            mean_in = sums[label] / area
-            mean_ring = (_rect_sum(self.s1, rx0, ry0, rx1, ry1) - sums[label]) / n_ring
-            var_in = max(squares[label] / area - mean_in**2, 0.0)
-            var_ring = max((_rect_sum(self.s2, rx0, ry0, rx1, ry1) - squares[label]) / n_ring - mean_ring**2, 0.0)
-            contrast = abs(mean_in - mean_ring) / (np.sqrt(0.5 * (var_in + var_ring)) + 0.5)
-            found.append((float(contrast), np.array([x, y, x + w, y + h], np.float32), area))
-        return found
+        chosen = 1 + np.flatnonzero(plausible)
+        x, y, w, h, area = (column.astype(np.int64) for column in stats[chosen].T)
+        # Only the rows the plausible regions span: each region's pixels are summed in the same order.
+        span = slice(int(y.min()) * cols, int((y + h).max()) * cols)
+        flat = labels.ravel()[span].astype(np.intp)
+        sums = np.bincount(flat, weights=self.values[span], minlength=count)[chosen]
+        squares = np.bincount(flat, weights=self.squares[span], minlength=count)[chosen]
+        pad = np.clip(0.4 * np.sqrt(area / np.pi), 3, 24).astype(np.int64)
+        rx0, ry0 = np.maximum(0, x - pad), np.maximum(0, y - pad)
+        rx1, ry1 = np.minimum(cols, x + w + pad), np.minimum(rows, y + h + pad)
+        n_ring = _rect_sums(self.fg_integral, rx0, ry0, rx1, ry1) - area
+        ring = n_ring >= 8
+        if not ring.any():
+            return []
+        n_ring, sums, squares, area = n_ring[ring], sums[ring], squares[ring], area[ring]
+        rx0, ry0, rx1, ry1 = rx0[ring], ry0[ring], rx1[ring], ry1[ring]
+        mean_in = sums / area
+        mean_ring = (_rect_sums(self.s1, rx0, ry0, rx1, ry1) - sums) / n_ring
+        var_in = np.maximum(squares / area - np.float_power(mean_in, 2), 0.0)
+        var_ring = np.maximum(
+            (_rect_sums(self.s2, rx0, ry0, rx1, ry1) - squares) / n_ring - np.float_power(mean_ring, 2), 0.0
+        )
+        contrast = np.abs(mean_in - mean_ring) / (np.sqrt(0.5 * (var_in + var_ring)) + 0.5)
+        boxes = np.stack([x, y, x + w, y + h], axis=1)[ring].astype(np.float32)
+        return list(zip(contrast.tolist(), boxes, area.tolist(), strict=True))
 
 
 def _quick_regions(maps: Maps, profile: StructureProfile, blurs: dict[tuple[int, float], np.ndarray]) -> list[_Quick]:

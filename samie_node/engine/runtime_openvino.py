@@ -52,7 +52,7 @@ from samie_node.files import write_atomically
 LOG = logging.getLogger("samie_node.engine.runtime_openvino")
 
 #: Bump when the exported graphs change for the same weights and versions (a new input, another module).
-EXPORT_VERSION = "3"
+EXPORT_VERSION = "4"
 #: Boxes per decoder call: the exported decoder shares the first block's image-side work among a call's
 #: boxes, so one call for all of an image's proposals is cheaper per box than the torch path's small calls.
 BOXES_PER_CALL = 16
