@@ -2,13 +2,14 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/quality.py [--seed 6 --seed 7] [--per-kind 12] [--negatives 2] [--controls 6]
+    .venv/bin/python bench/quality.py [--seed 6 ... --seed 10] [--per-kind 12] [--negatives 2] [--controls 6]
                                       [--sheet docs/automatic-regions.png] [--json PATH] [--skip-phantoms]
 
 The structure profiles (``segmenter.profiles``) were tuned on the phantoms of seeds 1 to 5
 (``TUNED_SEEDS``, with ``bench/tune_structures.py``); the figures that count are those of other seeds, sets
-the defaults never saw (the default: 6 and 7). Each seed's table says which it is. Per seed and kind of image
-(breast-ultrasound-like masses bright and dark, pigmented skin lesions with hair, optic discs on fundus-like
+the defaults never saw (the default: 6 to 10). Each seed's table says which it is, and the report seeds
+are also scored together (five seeds move less with a single lesion than one seed does). Per seed and kind
+of image (breast-ultrasound-like masses bright and dark, pigmented skin lesions with hair, optic discs on fundus-like
 photographs, CT and MR structures, and noise-only controls) it prints:
 
 - Dice of the kept regions (their union against the lesions' union, images with a lesion);
@@ -47,7 +48,7 @@ from samie_node.engine.models import load_models
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.testing.phantoms import Phantom, benchmark_set
-from samie_node.testing.quality import KIND_MODALITY, score_set, summarise
+from samie_node.testing.quality import KIND_MODALITY, ImageScore, KindSummary, score_set, summarise
 
 #: The seeds whose generated sets the structure profiles were tuned on: not a report.
 TUNED_SEEDS = frozenset({1, 2, 3, 4, 5})
@@ -89,23 +90,34 @@ def _tile(image: np.ndarray, truth: list[np.ndarray], regions: list[np.ndarray],
     return np.asarray(tile)
 
 
-def _phantom_table(segmenter: SamSegmenter, phantoms: list[Phantom], seed: int) -> list[dict[str, Any]]:
-    auto = summarise(score_set(segmenter, phantoms))
-    boxed = {s.kind: s for s in summarise(score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True))}
-    rows = []
-    role = "tuned on" if seed in TUNED_SEEDS else "report, not tuned on"
-    print(f"\nseed {seed} ({role}): {len(phantoms)} images")
+def _print_table(title: str, auto: list[ImageScore], boxed: list[ImageScore]) -> list[KindSummary]:
+    ceilings = {s.kind: s.mean_dice for s in summarise(boxed)}
+    print(f"\n{title}")
     header = ("kind", "images", "lesions", "Dice", "box Dice", "recall", "FP share", "neg.")
     print("{:14} {:>6} {:>7} {:>6} {:>8} {:>6} {:>8} {:>5}".format(*header))
-    for s in auto:
-        ceiling = boxed[s.kind].mean_dice if s.kind in boxed else float("nan")
+    summaries = summarise(auto)
+    for s in summaries:
         negatives = f"{s.negatives_with_region}/{s.negatives}"
         print(
-            f"{s.kind:14} {s.images:6d} {s.lesions:7d} {s.mean_dice:6.3f} {ceiling:8.3f} {s.recall:6.2f}"
-            f" {s.false_positive_share:8.3f} {negatives:>5}"
+            f"{s.kind:14} {s.images:6d} {s.lesions:7d} {s.mean_dice:6.3f} {ceilings.get(s.kind, float('nan')):8.3f}"
+            f" {s.recall:6.2f} {s.false_positive_share:8.3f} {negatives:>5}"
         )
-        rows.append({**s.__dict__, "box_dice": ceiling, "seed": seed, "tuned": seed in TUNED_SEEDS})
-    return rows
+    return summaries
+
+
+def _phantom_table(
+    segmenter: SamSegmenter, phantoms: list[Phantom], seed: int
+) -> tuple[list[dict[str, Any]], list[ImageScore], list[ImageScore]]:
+    auto = score_set(segmenter, phantoms)
+    boxed = score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True)
+    role = "tuned on" if seed in TUNED_SEEDS else "report, not tuned on"
+    summaries = _print_table(f"seed {seed} ({role}): {len(phantoms)} images", auto, boxed)
+    ceilings = {s.kind: s.mean_dice for s in summarise(boxed)}
+    rows = [
+        {**s.__dict__, "box_dice": ceilings.get(s.kind, float("nan")), "seed": seed, "tuned": seed in TUNED_SEEDS}
+        for s in summaries
+    ]
+    return rows, auto, boxed
 
 
 def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
@@ -140,7 +152,7 @@ def _sheet(tiles: list[np.ndarray], path: Path, columns: int = 8) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, action="append", help="a generated set (repeat; default 6 and 7)")
+    parser.add_argument("--seed", type=int, action="append", help="a generated set (repeat; default 6 to 10)")
     parser.add_argument("--per-kind", type=int, default=12)
     parser.add_argument("--negatives", type=int, default=2)
     parser.add_argument("--controls", type=int, default=6)
@@ -157,14 +169,23 @@ def main() -> None:
     )
     report: dict[str, Any] = {"phantoms": [], "real": []}
     tiles: list[np.ndarray] = []
-    seeds = args.seed or [6, 7]
+    seeds = args.seed or [6, 7, 8, 9, 10]
+    pooled: tuple[list[ImageScore], list[ImageScore]] = ([], [])
     for seed in () if args.skip_phantoms else seeds:
         phantoms = benchmark_set(seed, args.per_kind, args.negatives, args.controls)
-        report["phantoms"] += _phantom_table(segmenter, phantoms, seed)
+        rows, auto, boxed = _phantom_table(segmenter, phantoms, seed)
+        report["phantoms"] += rows
+        if seed not in TUNED_SEEDS:
+            pooled[0].extend(auto)
+            pooled[1].extend(boxed)
         if seed == seeds[-1] and args.sheet:
             for item in phantoms[:: max(1, len(phantoms) // 24)][:24]:
                 masks = list(segmenter.segment([item.image], modalities=[KIND_MODALITY[item.kind]])[0].masks)
                 tiles.append(_tile(item.image, item.lesions, masks, f"{item.kind} seed {seed}"))
+    report_seeds = [seed for seed in seeds if seed not in TUNED_SEEDS]
+    if not args.skip_phantoms and len(report_seeds) > 1:
+        together = _print_table(f"report seeds {', '.join(map(str, report_seeds))} together", *pooled)
+        report["report_seeds_together"] = [s.__dict__ for s in together]
     report["real"], real_tiles = _real_table(segmenter)
     if args.sheet:
         _sheet(tiles + real_tiles, args.sheet)

@@ -255,10 +255,10 @@ def _default_profiles() -> dict[str, StructureProfile]:
         "US": StructureProfile(
             min_contrast=3.0, min_edge=1.5, min_thickness=0.6, min_pred_iou=0.7, min_area_fraction=0.008
         ),
-        "XC": StructureProfile(min_contrast=3.0, min_edge_local=1.4, min_z=0.0, min_area_fraction=0.005),
-        "OP": StructureProfile(min_edge_local=2.2, min_z=8.0, min_area_fraction=0.003),
+        "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),
+        "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
         "CT": StructureProfile(min_contrast=2.8, min_stability=0.7),
-        "MR": StructureProfile(min_edge_local=1.8, min_z=8.0),
+        "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_z=6.0),
         "default": StructureProfile(
             min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_z=8.0, min_area_fraction=0.003
         ),
