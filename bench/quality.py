@@ -90,7 +90,10 @@ def _tile(image: np.ndarray, truth: list[np.ndarray], regions: list[np.ndarray],
     return np.asarray(tile)
 
 
-def _print_table(title: str, auto: list[ImageScore], boxed: list[ImageScore]) -> list[KindSummary]:
+def _print_table(
+    title: str, auto: list[ImageScore], boxed: list[ImageScore]
+) -> tuple[list[KindSummary], dict[str, float]]:
+    """Print one table; the automatic mode's summaries per kind and the box-mode ceilings."""
     ceilings = {s.kind: s.mean_dice for s in summarise(boxed)}
     print(f"\n{title}")
     header = ("kind", "images", "lesions", "Dice", "box Dice", "recall", "FP share", "neg.")
@@ -102,7 +105,7 @@ def _print_table(title: str, auto: list[ImageScore], boxed: list[ImageScore]) ->
             f"{s.kind:14} {s.images:6d} {s.lesions:7d} {s.mean_dice:6.3f} {ceilings.get(s.kind, float('nan')):8.3f}"
             f" {s.recall:6.2f} {s.false_positive_share:8.3f} {negatives:>5}"
         )
-    return summaries
+    return summaries, ceilings
 
 
 def _phantom_table(
@@ -111,8 +114,7 @@ def _phantom_table(
     auto = score_set(segmenter, phantoms)
     boxed = score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True)
     role = "tuned on" if seed in TUNED_SEEDS else "report, not tuned on"
-    summaries = _print_table(f"seed {seed} ({role}): {len(phantoms)} images", auto, boxed)
-    ceilings = {s.kind: s.mean_dice for s in summarise(boxed)}
+    summaries, ceilings = _print_table(f"seed {seed} ({role}): {len(phantoms)} images", auto, boxed)
     rows = [
         {**s.__dict__, "box_dice": ceilings.get(s.kind, float("nan")), "seed": seed, "tuned": seed in TUNED_SEEDS}
         for s in summaries
@@ -184,8 +186,8 @@ def main() -> None:
                 tiles.append(_tile(item.image, item.lesions, masks, f"{item.kind} seed {seed}"))
     report_seeds = [seed for seed in seeds if seed not in TUNED_SEEDS]
     if not args.skip_phantoms and len(report_seeds) > 1:
-        together = _print_table(f"report seeds {', '.join(map(str, report_seeds))} together", *pooled)
-        report["report_seeds_together"] = [s.__dict__ for s in together]
+        together, ceilings = _print_table(f"report seeds {', '.join(map(str, report_seeds))} together", *pooled)
+        report["report_seeds_together"] = [{**s.__dict__, "box_dice": ceilings.get(s.kind)} for s in together]
     report["real"], real_tiles = _real_table(segmenter)
     if args.sheet:
         _sheet(tiles + real_tiles, args.sheet)
