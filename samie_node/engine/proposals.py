@@ -75,7 +75,6 @@ class _RegionScan:
     """Quick contrasts of every thresholded region of one blurred map (integral images, no masks kept)."""
 
     def __init__(self, blurred: np.ndarray, maps: Maps, profile: StructureProfile, sigma: float) -> None:
-        self.blurred = blurred
         self.foreground = maps.foreground
         rows, cols = maps.shape
         self.shape = (rows, cols)
@@ -98,7 +97,7 @@ class _RegionScan:
         differs in the last bit now and then).
         """
         rows, cols = self.shape
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8, copy=False), connectivity=8)
         x, y, w, h, area = stats[1:count].T
         plausible = (self.min_area <= area) & (area <= self.max_area) & ~((x == 0) & (w == cols))
         plausible &= ~((y == 0) & (h == rows))
