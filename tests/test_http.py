@@ -18,7 +18,7 @@ from dicomweb_client.api import DICOMwebClient
 from peers import require_tool
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from web_support import ENGINE, TOKEN, bearer, http, running_web_node, scrape, value
+from web_support import ENGINE, TOKEN, bearer, http, http_expect_continue, running_web_node, scrape, value
 
 from samie_node.testing.sample_studies import PATIENT_ID, PATIENT_NAME, ct_series, ultrasound_image
 
@@ -136,7 +136,9 @@ def test_hostile_stow_requests_get_their_answer_and_leave_nothing_partial(tmp_pa
         assert status == 409 and answer.FailedSOPSequence[0].FailureReason == 0xC212
         assert answer.FailedSOPSequence[0].ReferencedSOPInstanceUID == large.SOPInstanceUID
 
-        assert post(_multipart([_part10(large)] * 3))[0] == 413  # 1.5 MB declared: refused before reading
+        # 1.5 MB declared: refused from the headers, before any of the body is read
+        too_large, body_sent = http_expect_continue(url, _multipart([_part10(large)] * 3), headers)
+        assert too_large.status == 413 and not body_sent, too_large.text
         assert [p.stem for p in web.spool_files()] == [datasets[0].SOPInstanceUID]
         assert web.temp_files() == []
         refused = [e for e in web.audit() if e["event"] == "http_action_refused"]
