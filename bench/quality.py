@@ -131,15 +131,16 @@ def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.
         profile, regions = segmenter.explain(image, modality)
         seconds = time.perf_counter() - started
         kept = [r for r in regions if r.kept]
+        masks = [r.refined if r.refined is not None else r.mask for r in kept]
         described = [
-            f"{100 * float(r.mask.mean()):.1f} {r.features['contrast']:.1f} {r.features['edge_local']:.1f}"
+            f"{100 * float(m.mean()):.1f} {r.features['contrast']:.1f} {r.features['edge_local']:.1f}"
             f" {r.features['z']:.0f} {r.pred_iou:.2f}"
-            for r in kept
+            for r, m in zip(kept, masks, strict=True)
         ]
         size = f"{image.shape[1]}x{image.shape[0]}"
         print(f"{name[:28]:28} {modality[:4]:4} {profile:7} {size:>9} {seconds:5.2f}  {'; '.join(described) or '-'}")
         rows.append({"image": name, "modality": modality, "profile": profile, "regions": described})
-        tiles.append(_tile(image, [], [r.mask for r in kept], f"{name} {modality} {len(kept)}"))
+        tiles.append(_tile(image, [], masks, f"{name} {modality} {len(kept)}"))
     return rows, tiles
 
 

@@ -8,13 +8,13 @@ Run from the repository root::
 
 ``dump`` runs the automatic mode as the node runs it (``SamSegmenter.explain``: input filter, encoder,
 proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same
-set as ``bench/quality.py``) and stores every candidate mask with its measurements and LiteMedSAM's scores.
-Decoding is what costs (about a minute per seed on two cores); the filter is cheap. ``replay`` puts the
-stored candidates through ``engine.automatic.select`` with the configured profiles, changed by ``--set
-PROFILE.FIELD=VALUE``, and prints the quality table per seed and kind (the bench's scoring: Dice of the
-union, lesion recall, false-positive area share, lesion-free images with a region) for the configured and
-the changed profiles side by side. With no ``--set`` both columns must equal ``bench/quality.py``'s
-figures for the seed, which checks the replay.
+set as ``bench/quality.py``) and stores every candidate mask, its refined border included, with its
+measurements and LiteMedSAM's scores. Decoding is what costs (about a minute per seed on two cores); the
+filter is cheap. ``replay`` puts the stored candidates through ``engine.automatic.select`` with the
+configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints the quality table per seed and
+kind (the bench's scoring: Dice of the union, lesion recall, false-positive area share, lesion-free images
+with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
+equal ``bench/quality.py``'s figures for the seed, which checks the replay.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -76,6 +76,7 @@ def dump(seeds: list[int], out: Path) -> None:
                     "shape": phantom.image.shape[:2],
                     "lesions": [np.packbits(lesion) for lesion in phantom.lesions],
                     "regions": [(np.packbits(r.mask), r.pred_iou, r.stability, r.features, r.score) for r in regions],
+                    "refined": [np.packbits(r.mask if r.refined is None else r.refined) for r in regions],
                 }
             )
         _dump_file(out, seed).write_bytes(pickle.dumps(images))
@@ -91,10 +92,13 @@ def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile]
     scores = []
     for image in images:
         shape = image["shape"]
-        regions = [Region(_unpack(m, shape), iou, st, f, score) for m, iou, st, f, score in image["regions"]]
+        regions = [
+            Region(_unpack(m, shape), iou, st, f, score, refined=_unpack(refined, shape))
+            for (m, iou, st, f, score), refined in zip(image["regions"], image["refined"], strict=True)
+        ]
         kept = select(regions, profiles[image["profile"]], max_masks)
         lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
-        scores.append(score_image(image["kind"], [r.mask for r in kept], lesions, shape))
+        scores.append(score_image(image["kind"], [r.refined for r in kept if r.refined is not None], lesions, shape))
     return summarise(scores)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from engine_fixtures import litemedsam_segmenter, read_testdata
 
 from samie_node.config import Settings, load_settings
-from samie_node.engine.automatic import profile_name
+from samie_node.engine.automatic import profile_name, refined_mask
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import image_maps, passes, structure_features
@@ -53,6 +54,29 @@ def test_a_disc_is_a_structure_and_the_background_is_not() -> None:
     assert inside["contrast"] > 2 * profile.min_contrast
     assert not passes(outside, profile)
     assert edge is not None and not passes(edge, profile)
+
+
+def test_a_kept_mask_is_moved_onto_the_edge_of_its_structure() -> None:
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[:256, :256]
+    disc = np.hypot(rows - 120, cols - 136) <= 40
+    grey = cv2.GaussianBlur(np.where(disc, 160.0, 100.0).astype(np.float32), (0, 0), 2.5)
+    grey += rng.normal(0, 6, grey.shape).astype(np.float32)
+    image = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    maps = image_maps(image)
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))  # 6 px too far out, and 6 px too far in
+    for decoded in (cv2.dilate(disc.astype(np.uint8), kernel) > 0, cv2.erode(disc.astype(np.uint8), kernel) > 0):
+        refined = refined_mask(decoded, maps)
+        # measured: 0.861 -> 0.995 (out), 0.839 -> 0.974 (in)
+        assert dice(refined, disc) >= 0.96 and dice(refined, disc) > dice(decoded, disc) + 0.1
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    square = np.zeros((64, 64), bool)
+    square[20:40, 20:40] = True
+    assert refined_mask(square, image_maps(flat)).sum() >= 0.5 * square.sum()  # no edge: no collapse
 
 
 def test_the_modality_chooses_the_profile_and_the_image_decides_when_it_says_nothing() -> None:

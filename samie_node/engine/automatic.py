@@ -7,6 +7,8 @@
    border (:mod:`samie_node.engine.structures`) and kept only when it passes the modality's
    :class:`samie_node.config.StructureProfile`.
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
+5. Each kept mask's border is moved onto the image's edge, halfway between its inside and its ring
+   (:func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
 
 The profile is chosen by the DICOM Modality; for a modality that says nothing about the picture (OT, or
 none) the image decides: colour -> the photograph profile, speckle -> ultrasound, else the default.
@@ -29,6 +31,7 @@ from samie_node.engine.structures import (
     is_grey,
     noise_index,
     passes,
+    refine_border,
     structure_features,
     structure_score,
 )
@@ -75,6 +78,8 @@ class Region:
     features: dict[str, float]
     score: float
     kept: bool = False
+    #: The mask with its border refined (:func:`refined_mask`), filled in by ``SamSegmenter.explain``.
+    refined: np.ndarray | None = None
 
 
 def _decoded_regions(
@@ -126,9 +131,18 @@ def select(regions: list[Region], profile: StructureProfile, max_regions: int) -
     return kept
 
 
-def candidate_regions(image: np.ndarray, decode: Decoder, profile: StructureProfile) -> list[Region]:
+def refined_mask(mask: np.ndarray, maps: Maps) -> np.ndarray:
+    """A kept mask with its border refined (step 5): the largest piece, holes filled, or the decoded mask
+    when the refined one would have lost half of its area."""
+    refined = fill_holes(largest_component(refine_border(mask, maps)))
+    return refined if refined.sum() >= 0.5 * mask.sum() else mask
+
+
+def candidate_regions(
+    image: np.ndarray, decode: Decoder, profile: StructureProfile, maps: Maps | None = None
+) -> list[Region]:
     """Every decoded candidate of ``image`` with its features, nothing dropped yet (for benchmarks)."""
-    maps = image_maps(image)
+    maps = maps if maps is not None else image_maps(image)
     candidates = propose(maps, profile)
     if not candidates:
         return []
@@ -142,12 +156,14 @@ def proposal_boxes(image: np.ndarray, profile: StructureProfile) -> np.ndarray:
 
 
 def find_structures(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> MaskSet:
-    """The structures in ``image``: decoded masks that pass the structure filter, best first."""
-    kept = select(candidate_regions(image, decode, profile), profile, max_regions)
+    """The structures in ``image``: decoded masks that pass the structure filter, best first, their borders
+    refined."""
+    maps = image_maps(image)
+    kept = select(candidate_regions(image, decode, profile, maps), profile, max_regions)
     if not kept:
         return MaskSet.empty(*image.shape[:2])
     return MaskSet(
-        masks=np.stack([r.mask for r in kept]),
+        masks=np.stack([refined_mask(r.mask, maps) for r in kept]),
         predicted_iou=np.asarray([r.pred_iou for r in kept], np.float32),
         stability_score=np.asarray([r.stability for r in kept], np.float32),
     )
