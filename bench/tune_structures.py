@@ -180,6 +180,8 @@ def _load(out: Path, seed: int) -> list[dict[str, Any]]:
     if not path.exists():
         raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump --seed {seed}` first")
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
+    if images and "refined" not in images[0]:
+        raise SystemExit(f"{path} predates the border step: run `bench/tune_structures.py dump --seed {seed}` again")
     return images
 
 
