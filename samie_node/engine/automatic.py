@@ -78,7 +78,7 @@ class Region:
     features: dict[str, float]
     score: float
     kept: bool = False
-    #: The mask with its border refined (:func:`refined_mask`), filled in by ``SamSegmenter.explain``.
+    #: The mask with its border refined (:func:`refined_mask`), filled in by :func:`explain_regions`.
     refined: np.ndarray | None = None
 
 
@@ -148,6 +148,17 @@ def candidate_regions(
         return []
     height, width = image.shape[:2]
     return _decoded_regions((height, width), maps, np.stack([c.box for c in candidates]), decode, profile)
+
+
+def explain_regions(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> list[Region]:
+    """Every decoded candidate of ``image`` with its measurements, marked ``kept`` or not, and each one's
+    refined mask, so a replay with other thresholds has them (for benchmarks)."""
+    maps = image_maps(image)
+    regions = candidate_regions(image, decode, profile, maps)
+    select(regions, profile, max_regions)
+    for region in regions:
+        region.refined = refined_mask(region.mask, maps)
+    return regions
 
 
 def proposal_boxes(image: np.ndarray, profile: StructureProfile) -> np.ndarray:

@@ -34,18 +34,10 @@ from segment_anything.utils.amg import calculate_stability_score, remove_small_r
 from torch.nn.functional import interpolate
 
 from samie_node.config import SegmenterSettings
-from samie_node.engine.automatic import (
-    Decoder,
-    Region,
-    candidate_regions,
-    find_structures,
-    profile_name,
-    refined_mask,
-    select,
-)
+from samie_node.engine.automatic import Decoder, Region, explain_regions, find_structures, profile_name
 from samie_node.engine.device import inference_context
 from samie_node.engine.masks import MaskSet
-from samie_node.engine.structures import image_maps, segmentation_input
+from samie_node.engine.structures import segmentation_input
 
 #: The logit offset of SAM's stability score: IoU of the masks thresholded at -1 and +1.
 STABILITY_OFFSET = 1.0
@@ -344,12 +336,7 @@ class SamSegmenter:
         name = profile_name(self.settings.profiles, modality, image)
         profile = self.settings.profiles[name]
         embedding = self.embed([segmentation_input(image)])[0]
-        maps = image_maps(image)
-        regions = candidate_regions(image, self._numpy_decoder(embedding), profile, maps)
-        select(regions, profile, self.settings.max_masks)
-        for region in regions:  # every candidate's, so a replay with other thresholds has them
-            region.refined = refined_mask(region.mask, maps)
-        return name, regions
+        return name, explain_regions(image, self._numpy_decoder(embedding), profile, self.settings.max_masks)
 
     def _numpy_decoder(self, embedding: ImageEmbedding) -> Decoder:
         def decode(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
