@@ -18,6 +18,11 @@ photographs, CT and MR structures, and noise-only controls) it prints:
 - lesion recall (a lesion is found when a kept region overlaps it with IoU >= 0.5), the share of kept
   pixels outside every lesion, and how many lesion-free images got any region.
 
+Then, over the report seeds (or every seed run when none is a report seed), recall by each lesion's
+visibility: the contrast with its ring that the structure filter measures, taken on the lesion's true
+mask. A lesion below a profile's ``min_contrast`` cannot be kept whatever the decoder gives, so the table
+says how much of a kind's recall is lost to faint lesions and how much to the rest.
+
 Then every image bundled with pydicom (read from the installed package, never downloaded; the first frame
 of multi-frame ones): its modality, the profile chosen, and each kept region's area and measurements.
 ``--sheet`` writes a contact sheet (truth in green, kept regions in the SEG's colours) of the last seed
@@ -48,7 +53,15 @@ from samie_node.engine.models import load_models
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.testing.phantoms import Phantom, benchmark_set
-from samie_node.testing.quality import KIND_MODALITY, ImageScore, KindSummary, score_set, summarise
+from samie_node.testing.quality import (
+    KIND_MODALITY,
+    VISIBILITY_BANDS,
+    ImageScore,
+    KindSummary,
+    recall_by_visibility,
+    score_set,
+    summarise,
+)
 
 #: The seeds whose generated sets the structure profiles were tuned on: not a report.
 TUNED_SEEDS = frozenset({1, 2, 3, 4, 5})
@@ -111,7 +124,7 @@ def _print_table(
 def _phantom_table(
     segmenter: SamSegmenter, phantoms: list[Phantom], seed: int
 ) -> tuple[list[dict[str, Any]], list[ImageScore], list[ImageScore]]:
-    auto = score_set(segmenter, phantoms)
+    auto = score_set(segmenter, phantoms, visibility=True)
     boxed = score_set(segmenter, [p for p in phantoms if p.lesions], box_mode=True)
     role = "tuned on" if seed in TUNED_SEEDS else "report, not tuned on"
     summaries, ceilings = _print_table(f"seed {seed} ({role}): {len(phantoms)} images", auto, boxed)
@@ -120,6 +133,17 @@ def _phantom_table(
         for s in summaries
     ]
     return rows, auto, boxed
+
+
+def _print_visibility(title: str, scores: list[ImageScore]) -> dict[str, list[tuple[int, int]]]:
+    """Print recall by lesion visibility (see the module notes); return the table."""
+    table = recall_by_visibility(scores)
+    bands = [f"{low:g}-{high:g}" if high != float("inf") else f">= {low:g}" for low, high in VISIBILITY_BANDS]
+    print(f"\n{title}: lesions found / lesions, by the contrast of the true mask with its ring")
+    print("{:14}".format("kind") + "".join(f" {band:>9}" for band in bands))
+    for kind, row in table.items():
+        print(f"{kind:14}" + "".join(f" {f'{hits}/{total}':>9}" for hits, total in row))
+    return table
 
 
 def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
@@ -174,10 +198,12 @@ def main() -> None:
     tiles: list[np.ndarray] = []
     seeds = args.seed or [6, 7, 8, 9, 10]
     pooled: tuple[list[ImageScore], list[ImageScore]] = ([], [])
+    all_auto: list[ImageScore] = []
     for seed in () if args.skip_phantoms else seeds:
         phantoms = benchmark_set(seed, args.per_kind, args.negatives, args.controls)
         rows, auto, boxed = _phantom_table(segmenter, phantoms, seed)
         report["phantoms"] += rows
+        all_auto.extend(auto)
         if seed not in TUNED_SEEDS:
             pooled[0].extend(auto)
             pooled[1].extend(boxed)
@@ -189,6 +215,10 @@ def main() -> None:
     if not args.skip_phantoms and len(report_seeds) > 1:
         together, ceilings = _print_table(f"report seeds {', '.join(map(str, report_seeds))} together", *pooled)
         report["report_seeds_together"] = [{**s.__dict__, "box_dice": ceilings.get(s.kind)} for s in together]
+    if not args.skip_phantoms:
+        named = report_seeds or seeds
+        scores = pooled[0] if report_seeds else all_auto
+        report["visibility"] = _print_visibility(f"seeds {', '.join(map(str, named))}", scores)
     report["real"], real_tiles = _real_table(segmenter)
     if args.sheet:
         _sheet(tiles + real_tiles, args.sheet)

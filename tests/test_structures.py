@@ -9,6 +9,7 @@ that makes the mode clearly worse fails; ``bench/quality.py`` reports the full f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,14 @@ from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import image_maps, passes, structure_features
 from samie_node.testing.phantoms import benchmark_set, noise_only
-from samie_node.testing.quality import score_set, summarise
+from samie_node.testing.quality import (
+    VISIBILITY_BANDS,
+    lesion_contrasts,
+    recall_by_visibility,
+    score_image,
+    score_set,
+    summarise,
+)
 from samie_node.testing.synthetic import disc_on_speckle
 
 #: pydicom's CT_small (128 x 128): columns and rows of its structures with sharp borders.
@@ -54,6 +62,23 @@ def test_a_disc_is_a_structure_and_the_background_is_not() -> None:
     assert inside["contrast"] > 2 * profile.min_contrast
     assert not passes(outside, profile)
     assert edge is not None and not passes(edge, profile)
+
+
+def test_a_lesion_s_visibility_is_the_filter_s_contrast_on_its_true_mask() -> None:
+    """The bench's visibility measure: a plain disc measures as the filter measures it, a same-size
+    "lesion" drawn on plain background is invisible, and each lesion is counted in its band, found or not."""
+    disc = disc_on_speckle(256, rng=np.random.default_rng(5), contrast=3.0)
+    maps = image_maps(disc.image)
+    invisible = np.roll(disc.mask, (0, 128 if disc.mask[:, :128].any() else -128), axis=(0, 1))
+    invisible &= ~disc.mask
+    visible, faint = lesion_contrasts(disc.image, [disc.mask, invisible])
+    expected = structure_features(maps.to_work(disc.mask), maps)
+    assert expected is not None and visible == pytest.approx(expected["contrast"])
+    assert visible >= VISIBILITY_BANDS[-1][0] and faint < VISIBILITY_BANDS[0][1]
+    score = score_image("us_mass", [disc.mask], [disc.mask, invisible], disc.mask.shape)
+    assert score.found_each == (True, False)
+    measured = replace(score, visibility=(visible, faint))
+    assert recall_by_visibility([measured]) == {"us_mass": [(0, 1), (0, 0), (1, 1)]}
 
 
 def test_a_kept_mask_is_moved_onto_the_edge_of_its_structure() -> None:
