@@ -14,7 +14,8 @@ filter is cheap. ``replay`` puts the stored candidates through ``engine.automati
 configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints the quality table per seed and
 kind (the bench's scoring: Dice of the union, lesion recall, false-positive area share, lesion-free images
 with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
-equal ``bench/quality.py``'s figures for the seed, which checks the replay.
+equal ``bench/quality.py``'s figures for the seed, which checks the replay. A profile's ``border_level`` is
+not replayed: the refined masks are stored at the level configured when ``dump`` ran.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -60,7 +61,8 @@ def _dump_file(out: Path, seed: int) -> Path:
 
 def dump(seeds: list[int], out: Path) -> None:
     """Decode every image of each seed once and store its candidates."""
-    segmenter = load_models(Settings()).segmenter
+    settings = Settings()
+    segmenter = load_models(settings).segmenter
     explain = getattr(segmenter, "explain", None)
     if explain is None:
         raise SystemExit("the configured segmenter has no automatic mode to explain")
@@ -77,6 +79,7 @@ def dump(seeds: list[int], out: Path) -> None:
                     "lesions": [np.packbits(lesion) for lesion in phantom.lesions],
                     "regions": [(np.packbits(r.mask), r.pred_iou, r.stability, r.features, r.score) for r in regions],
                     "refined": [np.packbits(r.mask if r.refined is None else r.refined) for r in regions],
+                    "border_level": settings.segmenter.profiles[profile].border_level,
                 }
             )
         _dump_file(out, seed).write_bytes(pickle.dumps(images))
@@ -110,6 +113,8 @@ def changed_profiles(base: dict[str, StructureProfile], changes: list[str]) -> d
         name, _, field = target.partition(".")
         if name not in profiles or field not in StructureProfile.model_fields:
             raise SystemExit(f"--set {change}: expected PROFILE.FIELD=VALUE with a profile of {sorted(profiles)}")
+        if field == "border_level":
+            raise SystemExit(f"--set {change}: the refined masks are stored by `dump`; change the config, dump again")
         profiles[name] = StructureProfile.model_validate({**profiles[name].model_dump(), field: value})
     return profiles
 
@@ -182,6 +187,13 @@ def _load(out: Path, seed: int) -> list[dict[str, Any]]:
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
     if images and "refined" not in images[0]:
         raise SystemExit(f"{path} predates the border step: run `bench/tune_structures.py dump --seed {seed}` again")
+    profiles = Settings().segmenter.profiles
+    for image in images:
+        if image.get("border_level", 0.5) != profiles[image["profile"]].border_level:
+            raise SystemExit(
+                f"{path} was refined at another {image['profile']}.border_level than the config's: "
+                f"run `bench/tune_structures.py dump --seed {seed}` again"
+            )
     return images
 
 

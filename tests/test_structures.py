@@ -98,10 +98,33 @@ def test_a_kept_mask_is_moved_onto_the_edge_of_its_structure() -> None:
         refined = refined_mask(decoded, maps)
         # measured: 0.861 -> 0.995 (out), 0.839 -> 0.974 (in)
         assert dice(refined, disc) >= 0.96 and dice(refined, disc) > dice(decoded, disc) + 0.1
+    too_large = cv2.dilate(disc.astype(np.uint8), kernel) > 0
+    halfway, tighter = refined_mask(too_large, maps, 0.5), refined_mask(too_large, maps, 0.7)
+    assert not (tighter & ~halfway).any() and tighter.sum() < halfway.sum()  # nearer the inside: inside it
+    assert dice(tighter, disc) >= 0.93
     flat = np.full((64, 64, 3), 90, np.uint8)
     square = np.zeros((64, 64), bool)
     square[20:40, 20:40] = True
     assert refined_mask(square, image_maps(flat)).sum() >= 0.5 * square.sum()  # no edge: no collapse
+
+
+def test_the_kept_masks_get_their_profile_s_border_level(lite: SamSegmenter) -> None:
+    """The node's automatic mode (segment) and the benchmarks' (explain) refine each kept mask at the
+    profile's ``border_level``: ultrasound's tighter one, not halfway."""
+    disc = disc_on_speckle(256, rng=np.random.default_rng(7), contrast=3.0)
+    level = Settings().segmenter.profiles["US"].border_level
+    assert level > 0.5
+    profile, regions = lite.explain(disc.image, "US")
+    kept = [r for r in regions if r.kept]
+    assert profile == "US" and kept
+    maps = image_maps(disc.image)
+    masks = list(lite.segment([disc.image], modalities=["US"])[0].masks)
+    assert len(masks) == len(kept)
+    for region in kept:
+        expected = refined_mask(region.mask, maps, level)
+        assert region.refined is not None and np.array_equal(region.refined, expected)
+        assert any(np.array_equal(mask, expected) for mask in masks)
+        assert not np.array_equal(expected, refined_mask(region.mask, maps, 0.5))
 
 
 def test_the_modality_chooses_the_profile_and_the_image_decides_when_it_says_nothing() -> None:

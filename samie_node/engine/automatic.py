@@ -7,8 +7,9 @@
    border (:mod:`samie_node.engine.structures`) and kept only when it passes the modality's
    :class:`samie_node.config.StructureProfile`.
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
-5. Each kept mask's border is moved onto the image's edge, halfway between its inside and its ring
-   (:func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
+5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
+   ring and its inside (halfway, or nearer the inside for ultrasound;
+   :func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
 
 The profile is chosen by the DICOM Modality; for a modality that says nothing about the picture (OT, or
 none) the image decides: colour -> the photograph profile, speckle -> ultrasound, else the default.
@@ -131,10 +132,10 @@ def select(regions: list[Region], profile: StructureProfile, max_regions: int) -
     return kept
 
 
-def refined_mask(mask: np.ndarray, maps: Maps) -> np.ndarray:
-    """A kept mask with its border refined (step 5): the largest piece, holes filled, or the decoded mask
-    when the refined one would have lost half of its area."""
-    refined = fill_holes(largest_component(refine_border(mask, maps)))
+def refined_mask(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarray:
+    """A kept mask with its border refined at ``level`` (step 5): the largest piece, holes filled, or the
+    decoded mask when the refined one would have lost half of its area."""
+    refined = fill_holes(largest_component(refine_border(mask, maps, level)))
     return refined if refined.sum() >= 0.5 * mask.sum() else mask
 
 
@@ -157,7 +158,7 @@ def explain_regions(image: np.ndarray, decode: Decoder, profile: StructureProfil
     regions = candidate_regions(image, decode, profile, maps)
     select(regions, profile, max_regions)
     for region in regions:
-        region.refined = refined_mask(region.mask, maps)
+        region.refined = refined_mask(region.mask, maps, profile.border_level)
     return regions
 
 
@@ -174,7 +175,7 @@ def find_structures(image: np.ndarray, decode: Decoder, profile: StructureProfil
     if not kept:
         return MaskSet.empty(*image.shape[:2])
     return MaskSet(
-        masks=np.stack([refined_mask(r.mask, maps) for r in kept]),
+        masks=np.stack([refined_mask(r.mask, maps, profile.border_level) for r in kept]),
         predicted_iou=np.asarray([r.pred_iou for r in kept], np.float32),
         stability_score=np.asarray([r.stability for r in kept], np.float32),
     )

@@ -325,16 +325,17 @@ BORDER_BAND = 0.2
 BORDER_SIGMA = 1.0
 
 
-def refine_border(mask: np.ndarray, maps: Maps) -> np.ndarray:
-    """``mask`` (bool, image size) with its border put where the image crosses halfway between the region's
-    inside and its ring.
+def refine_border(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarray:
+    """``mask`` (bool, image size) with its border put where the image crosses ``level`` of the way from
+    the region's ring to its inside (0.5: halfway).
 
     LiteMedSAM's masks run over soft edges, so a kept region is often larger than the structure. Within a
     band of ``BORDER_BAND`` times the region's equivalent radius on both sides of the decoded border, a pixel
     belongs to the region when the map on which the region contrasts most (smoothed at ``BORDER_SIGMA``) is
-    nearer the inside's mean than the ring's: the half-contrast level, where a blurred step edge lies. The
-    result may have islands and holes (the caller keeps the largest piece, filled); the decoded mask comes
-    back unchanged when the region is too small to measure or has no ring.
+    nearer the inside's mean than the ring's: the half-contrast level, where a blurred step edge lies (a
+    ``level`` above 0.5 asks a pixel to be nearer the inside: a tighter border). The result may have
+    islands and holes (the caller keeps the largest piece, filled); the decoded mask comes back unchanged
+    when the region is too small to measure or has no ring.
     """
     work = maps.to_work(mask)
     area = int(work.sum())
@@ -352,8 +353,8 @@ def refine_border(mask: np.ndarray, maps: Maps) -> np.ndarray:
     radius = max(2, round(BORDER_BAND * float(np.sqrt(mask.sum() / np.pi))))
     crop = mask.astype(np.uint8)
     band = cv2.dilate(crop, _disk(radius)).astype(bool) & ~cv2.erode(crop, _disk(radius)).astype(bool)
-    halfway = 0.5 * (inside_mean + ring_mean)
-    nearer_inside = field >= halfway if inside_mean > ring_mean else field <= halfway
+    cut = ring_mean + level * (inside_mean - ring_mean)
+    nearer_inside = field >= cut if inside_mean > ring_mean else field <= cut
     moved: np.ndarray = (mask & ~band) | (band & nearer_inside)
     return moved
 
