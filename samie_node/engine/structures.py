@@ -321,7 +321,7 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
 
 #: A kept region's border moves at most this share of its equivalent radius (at least 2 px) in or out ...
 BORDER_BAND = 0.2
-#: ... onto the halfway level of the map smoothed at this sigma (px at work size).
+#: ... onto the profile's ``border_level`` (0.5: halfway) of the map smoothed at this sigma (px at work size).
 BORDER_SIGMA = 1.0
 
 
@@ -332,8 +332,8 @@ def refine_border(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarra
     LiteMedSAM's masks run over soft edges, so a kept region is often larger than the structure. Within a
     band of ``BORDER_BAND`` times the region's equivalent radius on both sides of the decoded border, a pixel
     belongs to the region when the map on which the region contrasts most (smoothed at ``BORDER_SIGMA``) is
-    nearer the inside's mean than the ring's: the half-contrast level, where a blurred step edge lies (a
-    ``level`` above 0.5 asks a pixel to be nearer the inside: a tighter border). The result may have
+    past ``level`` of the way from the ring's mean to the inside's: at 0.5, the half-contrast level where a
+    blurred step edge lies; above 0.5, a tighter border. The result may have
     islands and holes (the caller keeps the largest piece, filled); the decoded mask comes back unchanged
     when the region is too small to measure or has no ring.
     """
