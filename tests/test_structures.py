@@ -22,7 +22,7 @@ from samie_node.engine.automatic import profile_name, refined_mask
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import image_maps, passes, structure_features
-from samie_node.testing.phantoms import benchmark_set, noise_only
+from samie_node.testing.phantoms import benchmark_set, first_try_set, noise_only
 from samie_node.testing.quality import (
     VISIBILITY_BANDS,
     lesion_contrasts,
@@ -125,6 +125,25 @@ def test_the_kept_masks_get_their_profile_s_border_level(lite: SamSegmenter) -> 
         assert region.refined is not None and np.array_equal(region.refined, expected)
         assert any(np.array_equal(mask, expected) for mask in masks)
         assert not np.array_equal(expected, refined_mask(region.mask, maps, 0.5))
+
+
+def test_the_first_try_set_is_seeded_and_varied() -> None:
+    """bench/quality.py's first-try set: the same seed gives the same pixels; speckle alone first; one
+    ellipse per other image, bright and dark, round and elongated, some against the image edge."""
+    tries = first_try_set(5, count=24, negatives=3)
+    again = first_try_set(5, count=24, negatives=3)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(tries, again, strict=True))
+    assert [len(t.lesions) for t in tries] == [0] * 3 + [1] * 21
+    assert {t.image.shape[0] for t in tries} == {256, 400}
+    with_lesion = [t for t in tries if t.lesions]
+    assert {t.info["level"] > 1 for t in with_lesion} == {True, False}
+    assert {t.info["stretch"] == 1.0 for t in with_lesion} == {True, False}
+    assert any(t.info["edge"] for t in with_lesion)
+    for item in with_lesion:
+        mask = item.lesions[0]
+        grey = item.image[:, :, 0].astype(float)
+        darker = grey[mask].mean() < grey[~mask].mean()
+        assert darker == (item.info["level"] < 1) and mask.sum() > 100
 
 
 def test_the_modality_chooses_the_profile_and_the_image_decides_when_it_says_nothing() -> None:

@@ -22,6 +22,8 @@ Kinds and what counts as a lesion
                   line; lesions/organs of another HU (hypodense, enhancing or bone-like) with clear border.
 ``mr_structure``  MR-like head/body slice with bias field and Rician noise: scalp ring, dark skull, tissue
                   texture; bright (T2-like) or dark lesions.
+``us_first_try``  what a new user tries first: one bright or dark ellipse or disc on plain speckle (not in
+                  :data:`KINDS`, so the seeded mixed sets stay as they were; :func:`first_try_set`).
 
 Use :func:`phantom` for one image of a kind and :func:`benchmark_set` for a mixed, seeded set.
 """
@@ -153,6 +155,46 @@ def us_mass(rng: np.random.Generator, lesions: int | None = None) -> Phantom:
     grey = 255.0 * np.clip(display * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05), 0, 1)
     grey += rng.normal(0, rng.uniform(1, 5), grey.shape)
     return Phantom(rgb(grey), masks, "us_mass", dict(size=(rows, cols), lesions=info))
+
+
+def us_first_try(rng: np.random.Generator, lesions: int | None = None) -> Phantom:
+    """What a new user tries first: one bright or dark ellipse or disc on plain speckle, 256 or 400 px.
+
+    No tissue layers, shadows or irregular outlines: a round or elongated ellipse (axes up to 3.2 : 1),
+    anywhere (a quarter of them against the image edge), echo 0.15-0.45 or 2-2.8 times the background,
+    speckle of any grain, log-compressed, sometimes with a depth gain slope. ``lesions=0`` gives the
+    speckle alone.
+    """
+    size = int(rng.choice([256, 400]))
+    rows, cols = size, size if rng.random() < 0.6 else int(size * rng.uniform(0.8, 1.3))
+    radius = float(rng.uniform(0.05, 0.18) * min(rows, cols))
+    stretch = 1.0 if rng.random() < 0.4 else float(rng.uniform(1.2, 1.8))  # semi-axes radius x stretch^+-1
+    angle = float(rng.uniform(0, np.pi))
+    reach = radius * stretch
+    at_edge = rng.random() < 0.25
+    if at_edge:
+        side = int(rng.integers(4))
+        along_r, along_c = float(rng.uniform(reach, rows - reach)), float(rng.uniform(reach, cols - reach))
+        offset = 1.05 * radius
+        centre = [(offset, along_c), (rows - offset, along_c), (along_r, offset), (along_r, cols - offset)][side]
+    else:
+        centre = (float(rng.uniform(0.25, 0.75) * rows), float(rng.uniform(0.25, 0.75) * cols))
+    level = float(rng.choice([0.15, 0.3, 0.45, 2.0, 2.8]))
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = ((xx - centre[1]) * cos + (yy - centre[0]) * sin) / reach
+    v = (-(xx - centre[1]) * sin + (yy - centre[0]) * cos) / (radius / stretch)
+    mask = u * u + v * v <= 1.0
+    echo = float(rng.uniform(0.3, 0.6)) * speckle((rows, cols), rng, float(rng.uniform(0.8, 2.0)))
+    masks = []
+    if lesions != 0:
+        echo[mask] *= level
+        masks.append(mask)
+    if rng.random() < 0.5:
+        echo *= np.linspace(1.2, 0.7, rows, dtype=np.float32)[:, None]
+    grey = 255.0 * np.log1p(4.0 * echo) / np.log1p(12.0)
+    info = dict(size=(rows, cols), radius=round(radius, 1), stretch=round(stretch, 2), level=level, edge=at_edge)
+    return Phantom(rgb(grey), masks, "us_first_try", info)
 
 
 # -- skin ---------------------------------------------------------------------------------------------------
@@ -418,6 +460,7 @@ GENERATORS: dict[str, Callable[..., Phantom]] = {
     "fundus": fundus,
     "ct_structure": ct_structure,
     "mr_structure": mr_structure,
+    "us_first_try": us_first_try,
 }
 
 
@@ -463,6 +506,12 @@ def benchmark_set(
     for _ in range(controls):
         out.append(noise_only(rng))
     return out
+
+
+def first_try_set(seed: int, count: int = 40, negatives: int = 4) -> list[Phantom]:
+    """``count`` seeded :func:`us_first_try` images, the first ``negatives`` of them speckle alone."""
+    rng = np.random.default_rng(seed)
+    return [us_first_try(rng, 0 if index < negatives else None) for index in range(count)]
 
 
 def contact_sheet(phantoms: list[Phantom], tile: int = 192, columns: int = 6) -> np.ndarray:

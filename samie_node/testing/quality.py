@@ -31,6 +31,7 @@ KIND_MODALITY = {
     "fundus": "OP",
     "ct_structure": "CT",
     "mr_structure": "MR",
+    "us_first_try": "US",
     "noise": "",
 }
 
