@@ -81,9 +81,19 @@ class Maps:
 
     def to_work(self, mask: np.ndarray) -> np.ndarray:
         """An image-size bool ``mask`` at work size."""
-        rows, cols = self.shape
-        resized: np.ndarray = cv2.resize(mask.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA) >= 0.5
-        return resized
+        return work_mask(mask)
+
+
+def work_size(height: int, width: int) -> tuple[int, int]:
+    """(columns, rows) of the work-size copy of a ``height`` x ``width`` image."""
+    scale = WORK_SIZE / max(height, width)
+    return max(8, round(width * scale)), max(8, round(height * scale))
+
+
+def work_mask(mask: np.ndarray) -> np.ndarray:
+    """An image-size bool ``mask`` at work size (area-averaged, then cut at one half)."""
+    resized: np.ndarray = cv2.resize(mask.astype(np.float32), work_size(*mask.shape), interpolation=cv2.INTER_AREA)
+    return resized >= 0.5
 
 
 def is_grey(image: np.ndarray) -> bool:
@@ -172,9 +182,7 @@ def image_maps(image: np.ndarray) -> Maps:
     """Everything :func:`structure_features` measures on, computed once per image."""
     height, width = image.shape[:2]
     scale = WORK_SIZE / max(height, width)
-    small = cv2.resize(
-        image, (max(8, round(width * scale)), max(8, round(height * scale))), interpolation=cv2.INTER_AREA
-    )
+    small = cv2.resize(image, work_size(height, width), interpolation=cv2.INTER_AREA)
     luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
     channels, names = [luma], ["L"]
     if not is_grey(image):
