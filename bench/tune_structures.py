@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from samie_node.config import Settings, StructureProfile  # noqa: E402
 from samie_node.engine.automatic import Region, select  # noqa: E402
 from samie_node.engine.models import load_models  # noqa: E402
+from samie_node.engine.structures import span, work_mask  # noqa: E402
 from samie_node.testing.phantoms import benchmark_set  # noqa: E402
 from samie_node.testing.quality import KIND_MODALITY, KindSummary, score_image, summarise  # noqa: E402
 
@@ -99,6 +100,9 @@ def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile]
             Region(_unpack(m, shape), iou, st, f, score, refined=_unpack(refined, shape))
             for (m, iou, st, f, score), refined in zip(image["regions"], image["refined"], strict=True)
         ]
+        for region in regions:
+            if region.features and "span" not in region.features:  # a dump made before the feature existed
+                region.features = {**region.features, "span": span(work_mask(region.mask))}
         kept = select(regions, profiles[image["profile"]], max_masks)
         lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
         scores.append(score_image(image["kind"], [r.refined for r in kept if r.refined is not None], lesions, shape))
@@ -126,6 +130,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "min_edge": (1.0, 1.3, 1.5, 1.7, 1.9, 2.1, 2.5, 3.0),
     "min_edge_local": (1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5),
     "min_thickness": (0.4, 0.5, 0.55, 0.6, 0.65, 0.7),
+    "max_span": (0.8, 0.85, 0.9, 0.95, 1.0),
     "min_pred_iou": (0.5, 0.6, 0.65, 0.7, 0.75, 0.8),
     "min_stability": (0.5, 0.6, 0.65, 0.7, 0.75),
     "min_area_fraction": (0.0015, 0.003, 0.005, 0.008),

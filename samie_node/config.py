@@ -248,6 +248,9 @@ class StructureProfile(_Strict):
     min_stability: float = Field(default=0.6, ge=0, le=1)
     min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
     max_area_fraction: float = Field(default=0.45, gt=0, le=1)
+    #: A region whose bounding box covers more than this share of the image's width or height is a layer
+    #: running across the image (ultrasound's subcutaneous fat), not a lesion; 1.0: no limit.
+    max_span: float = Field(default=1.0, gt=0, le=1)
     #: Where a kept mask's border is put, from the ring's mean (0) to the inside's (1): 0.5 is halfway,
     #: where a blurred step edge lies (:func:`samie_node.engine.structures.refine_border`).
     border_level: float = Field(default=0.5, gt=0, lt=1)
@@ -261,6 +264,7 @@ def _default_profiles() -> dict[str, StructureProfile]:
             min_thickness=0.6,
             min_pred_iou=0.7,
             min_area_fraction=0.008,
+            max_span=0.9,
             border_level=0.7,
         ),
         "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),

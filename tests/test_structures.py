@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from engine_fixtures import litemedsam_segmenter, read_testdata
+from engine_fixtures import dice, litemedsam_segmenter, read_testdata
 
 from samie_node.config import Settings, load_settings
 from samie_node.engine.automatic import profile_name, refined_mask
@@ -31,7 +31,7 @@ from samie_node.testing.quality import (
     score_set,
     summarise,
 )
-from samie_node.testing.synthetic import disc_on_speckle
+from samie_node.testing.synthetic import SyntheticImage, disc_on_speckle, speckle
 
 #: pydicom's CT_small (128 x 128): columns and rows of its structures with sharp borders.
 CT_SMALL_STRUCTURES = {
@@ -90,9 +90,6 @@ def test_a_kept_mask_is_moved_onto_the_edge_of_its_structure() -> None:
     image = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     maps = image_maps(image)
 
-    def dice(a: np.ndarray, b: np.ndarray) -> float:
-        return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
-
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))  # 6 px too far out, and 6 px too far in
     for decoded in (cv2.dilate(disc.astype(np.uint8), kernel) > 0, cv2.erode(disc.astype(np.uint8), kernel) > 0):
         refined = refined_mask(decoded, maps)
@@ -125,6 +122,34 @@ def test_the_kept_masks_get_their_profile_s_border_level(lite: SamSegmenter) -> 
         assert region.refined is not None and np.array_equal(region.refined, expected)
         assert any(np.array_equal(mask, expected) for mask in masks)
         assert not np.array_equal(expected, refined_mask(region.mask, maps, 0.5))
+
+
+def _ellipse_on_speckle(rng: np.random.Generator, semi_axes: tuple[float, float], level: float) -> SyntheticImage:
+    """A 256 px ellipse (centred, long axis horizontal) with ``level`` times the speckle's echo."""
+    rows, cols = np.mgrid[0:256, 0:256].astype(np.float32)
+    mask = ((cols - 128) / semi_axes[0]) ** 2 + ((rows - 140) / semi_axes[1]) ** 2 <= 1.0
+    echo = 0.5 * speckle((256, 256), rng)
+    echo[mask] *= level
+    grey = np.clip(np.rint(255 * np.log1p(4 * echo) / np.log1p(12)), 0, 255).astype(np.uint8)
+    return SyntheticImage(np.repeat(grey[:, :, None], 3, axis=2), mask)
+
+
+def test_a_layer_across_the_image_is_not_a_lesion_and_an_oval_mass_is(lite: SamSegmenter) -> None:
+    """A dark region across nearly the whole width (as the subcutaneous fat layer of a breast scan, ending
+    short of both sides) is a layer, not a lesion: ultrasound's ``max_span`` drops it, whatever its
+    contrast. A 2.5 : 1 oval mass of the same darkness is kept."""
+    profile = Settings().segmenter.profiles["US"]
+    layer = _ellipse_on_speckle(np.random.default_rng(4), (118.0, 50.0), 0.3)  # 92 % of the width
+    features = structure_features(layer.mask, image_maps(layer.image))
+    assert features is not None and features["span"] > profile.max_span
+    assert passes(features, profile.model_copy(update={"max_span": 1.0}))  # only the span drops it
+    assert not passes(features, profile)
+    kept = list(lite.segment([layer.image], modalities=["US"])[0].masks)
+    assert all(dice(m, layer.mask) < 0.5 for m in kept)  # measured: kept at Dice 0.99 without the limit
+
+    mass = _ellipse_on_speckle(np.random.default_rng(3), (50.0, 20.0), 0.3)
+    masks = list(lite.segment([mass.image], modalities=["US"])[0].masks)
+    assert masks and max(dice(m, mass.mask) for m in masks) >= 0.85
 
 
 def test_the_first_try_set_is_seeded_and_varied() -> None:

@@ -15,7 +15,9 @@ edge, edge_local
     against the gradient just inside and outside it (high for a step edge, about 1 for noise).
 shape
     Solidity, thickness (largest inscribed radius over the equivalent radius), how much of the border
-    runs along the image edge or along a dark background (a field of view, the air around a body).
+    runs along the image edge or along a dark background (a field of view, the air around a body), and
+    ``span``: the larger share of the image's width or height the region's bounding box covers (a tissue
+    layer runs across the image; a lesion does not).
 
 The thresholds live in :class:`samie_node.config.StructureProfile`, one per modality family.
 """
@@ -289,6 +291,13 @@ def _border(window: _Window, shape: tuple[int, int]) -> tuple[np.ndarray, float]
     return inner_border, edge_pixels / max(1, int(inner_border.sum()) + edge_pixels)
 
 
+def span(mask: np.ndarray) -> float:
+    """The larger share of the image's width or height that a non-empty bool ``mask``'s bounding box covers."""
+    rows, cols = mask.shape
+    ys, xs = np.nonzero(mask)
+    return float(max((int(xs.max()) - int(xs.min()) + 1) / cols, (int(ys.max()) - int(ys.min()) + 1) / rows))
+
+
 def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
     """Label-free features of a work-size bool ``mask`` (see the module notes); None when it is empty."""
     area = int(mask.sum())
@@ -324,6 +333,7 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
         "background_ring": float(window.background_ring),
         "sides": float(sides),
         "spans": float(spans),
+        "span": span(mask),
     }
 
 
@@ -402,6 +412,7 @@ def passes(
         and features["edge_share"] <= MAX_EDGE_SHARE
         and features["background_ring"] <= MAX_BACKGROUND_RING
         and not features["spans"]
+        and (features["span"] <= profile.max_span if strict else True)
         and features["sides"] <= 2
         and pred_iou >= profile.min_pred_iou
         and stability >= profile.min_stability
