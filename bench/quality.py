@@ -71,8 +71,8 @@ from samie_node.testing.quality import (
 
 #: The seeds whose generated sets the structure profiles were tuned on: not a report.
 TUNED_SEEDS = frozenset({1, 2, 3, 4, 5})
-#: The seed of the first-try set (one ellipse or disc on speckle): ultrasound's ``min_thickness`` was
-#: chosen on two other draws of the same generator (one-off sweeps, seeds 101 and 202), never on this one.
+#: The seed of the first-try set (one ellipse or disc on speckle). The one-off sweeps that studied this
+#: generator's failures used other seeds (101 and 202); no setting was chosen on this one.
 FIRST_TRY_SEED = 303
 
 
