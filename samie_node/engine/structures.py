@@ -316,7 +316,6 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
     contours, _ = cv2.findContours(window.crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull_area = sum(cv2.contourArea(cv2.convexHull(c)) for c in contours)
     sides = int(ys.min() == 0) + int(ys.max() == rows - 1) + int(xs.min() == 0) + int(xs.max() == cols - 1)
-    spans = (ys.min() == 0 and ys.max() == rows - 1) or (xs.min() == 0 and xs.max() == cols - 1)
     in_foreground = int(np.logical_and(mask, maps.foreground).sum())
     independent = window.inside.sum() / (4.0 * np.pi * window.sigma**2 + 1.0)
     return {
@@ -332,7 +331,6 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
         "edge_share": edge_share,
         "background_ring": float(window.background_ring),
         "sides": float(sides),
-        "spans": float(spans),
         "span": span(mask),
     }
 
@@ -381,7 +379,8 @@ def refine_border(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarra
 CANDIDATE_MIN_CONTRAST = 1.5
 CANDIDATE_MIN_EDGE = 1.0
 #: Fixed shape limits: a mask on more than this share of its perimeter on the image edge, or with more
-#: than this share of its ring in the dark background, is a field of view or a body outline.
+#: than this share of its ring in the dark background, is a field of view or a body outline; so is one
+#: whose ``span`` is 1 (it runs from one image edge to the opposite one), whatever the profile's ``max_span``.
 MAX_EDGE_SHARE = 0.4
 MAX_BACKGROUND_RING = 0.5
 MIN_FOREGROUND_SHARE = 0.9
@@ -411,8 +410,8 @@ def passes(
         and features["fg_share"] >= MIN_FOREGROUND_SHARE
         and features["edge_share"] <= MAX_EDGE_SHARE
         and features["background_ring"] <= MAX_BACKGROUND_RING
-        and not features["spans"]
-        and (features["span"] <= profile.max_span if strict else True)
+        and features["span"] < 1.0
+        and (not strict or features["span"] <= profile.max_span)
         and features["sides"] <= 2
         and pred_iou >= profile.min_pred_iou
         and stability >= profile.min_stability
