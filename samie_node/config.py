@@ -246,6 +246,19 @@ class StructureProfile(_Strict):
     min_solidity: float = Field(default=0.6, ge=0, le=1)
     min_pred_iou: float = Field(default=0.6, ge=0, le=1)
     min_stability: float = Field(default=0.6, ge=0, le=1)
+    #: A *distinct* region stands out from its ring clearly: ``contrast`` at least ``distinct_contrast``
+    #: and ``z`` at least ``distinct_z`` (both: ``z`` grows with the area, so a large tissue layer's piece
+    #: of modest contrast has a large one, and a small speckle blob of high contrast a small one).
+    distinct_contrast: float = Field(default=0.0, ge=0)
+    distinct_z: float = Field(default=0.0, ge=0)
+    #: Only a distinct region may be thinner than this (but at least ``min_thickness``): elongated, as a
+    #: tissue layer's piece is. 0.0: no such rule. (An ellipse of axes a : b measures a thickness of
+    #: sqrt(b / a): 0.6 is 2.8 : 1.)
+    elongated_thickness: float = Field(default=0.0, ge=0, le=1)
+    #: A distinct region needs only these of LiteMedSAM's own scores (when lower than ``min_pred_iou`` and
+    #: ``min_stability``): the model scores some plainly visible masses on speckle low. 1.0: no such rule.
+    distinct_min_pred_iou: float = Field(default=1.0, ge=0, le=1)
+    distinct_min_stability: float = Field(default=1.0, ge=0, le=1)
     min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
     max_area_fraction: float = Field(default=0.45, gt=0, le=1)
     #: A region whose bounding box covers more than this share of the image's width or height is a layer
@@ -261,8 +274,13 @@ def _default_profiles() -> dict[str, StructureProfile]:
         "US": StructureProfile(
             min_contrast=3.0,
             min_edge=1.5,
-            min_thickness=0.6,
+            min_thickness=0.5,
             min_pred_iou=0.7,
+            distinct_contrast=4.0,
+            distinct_z=8.0,
+            elongated_thickness=0.6,
+            distinct_min_pred_iou=0.6,
+            distinct_min_stability=0.5,
             min_area_fraction=0.008,
             max_span=0.9,
             border_level=0.7,

@@ -21,7 +21,7 @@ from samie_node.config import Settings, load_settings
 from samie_node.engine.automatic import profile_name, refined_mask
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
-from samie_node.engine.structures import image_maps, passes, structure_features
+from samie_node.engine.structures import distinct, image_maps, passes, structure_features
 from samie_node.testing.phantoms import benchmark_set, first_try_set, noise_only
 from samie_node.testing.quality import (
     VISIBILITY_BANDS,
@@ -150,6 +150,39 @@ def test_a_layer_across_the_image_is_not_a_lesion_and_an_oval_mass_is(lite: SamS
     mass = _ellipse_on_speckle(np.random.default_rng(3), (50.0, 20.0), 0.3)
     masks = list(lite.segment([mass.image], modalities=["US"])[0].masks)
     assert masks and max(dice(m, mass.mask) for m in masks) >= 0.85
+
+
+def test_a_distinct_elongated_mass_is_kept_and_an_elongated_region_that_is_not_distinct_is_not(
+    lite: SamSegmenter,
+) -> None:
+    """A 3.2 : 1 dark ellipse measures a thickness under ultrasound's ``elongated_thickness``, as a tissue
+    layer's piece does, but stands out more than such a piece (``distinct``: the profile's
+    ``distinct_contrast`` and ``distinct_z``): kept. With less contrast or a smaller ``z`` it is not,
+    unless it is rounder; and only a distinct region gets by on LiteMedSAM's lower scores."""
+    profile = Settings().segmenter.profiles["US"]
+    mass = _ellipse_on_speckle(np.random.default_rng(5), (56.0, 17.5), 0.3)
+    features = structure_features(mass.mask, image_maps(mass.image))
+    assert features is not None
+    assert profile.min_thickness <= features["thickness"] < profile.elongated_thickness
+    assert distinct(features, profile) and passes(features, profile)
+    faint = {**features, "contrast": profile.distinct_contrast - 0.1}
+    small = {**features, "z": profile.distinct_z - 0.1}
+    assert not passes(faint, profile) and not passes(small, profile)
+    assert passes(faint, profile.model_copy(update={"elongated_thickness": 0.0}))
+    assert passes(small, profile.model_copy(update={"elongated_thickness": 0.0}))
+    assert passes({**faint, "thickness": profile.elongated_thickness}, profile)
+
+    low_scores = (profile.distinct_min_pred_iou, profile.distinct_min_stability)
+    assert low_scores[0] < profile.min_pred_iou and low_scores[1] < profile.min_stability
+    assert passes(features, profile, *low_scores)
+    round_and_faint = {**faint, "thickness": 0.9}
+    assert passes(round_and_faint, profile) and not passes(round_and_faint, profile, *low_scores)
+
+    masks = list(lite.segment([mass.image], modalities=["US"])[0].masks)
+    assert masks and max(dice(m, mass.mask) for m in masks) >= 0.85
+    _, regions = lite.explain(mass.image, "US")
+    found = [r for r in regions if r.kept and dice(r.mask, mass.mask) >= 0.85]
+    assert found and all(r.features["thickness"] < profile.elongated_thickness for r in found)  # kept as elongated
 
 
 def test_the_first_try_set_is_seeded_and_varied() -> None:

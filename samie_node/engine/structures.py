@@ -19,7 +19,9 @@ shape
     ``span``: the larger share of the image's width or height the region's bounding box covers (a tissue
     layer runs across the image; a lesion does not).
 
-The thresholds live in :class:`samie_node.config.StructureProfile`, one per modality family.
+The thresholds live in :class:`samie_node.config.StructureProfile`, one per modality family. A region
+that stands out clearly (:func:`distinct`: high contrast and ``z`` together) may be elongated and needs less
+of LiteMedSAM's own scores, where a profile says so (ultrasound).
 """
 
 from __future__ import annotations
@@ -386,6 +388,12 @@ MAX_BACKGROUND_RING = 0.5
 MIN_FOREGROUND_SHARE = 0.9
 
 
+def distinct(features: dict[str, float], profile: StructureProfile) -> bool:
+    """The region stands out clearly (the profile's ``distinct_contrast`` and ``distinct_z``): it may be
+    elongated, and it needs less of LiteMedSAM's own scores."""
+    return features["contrast"] >= profile.distinct_contrast and features["z"] >= profile.distinct_z
+
+
 def passes(
     features: dict[str, float] | None,
     profile: StructureProfile,
@@ -398,6 +406,9 @@ def passes(
     if not features:
         return False
     strict = not candidate
+    clear = strict and distinct(features, profile)
+    min_pred_iou = min(profile.min_pred_iou, profile.distinct_min_pred_iou) if clear else profile.min_pred_iou
+    min_stability = min(profile.min_stability, profile.distinct_min_stability) if clear else profile.min_stability
     return bool(
         features["area"] >= profile.min_area_fraction
         and features["fg_fraction"] <= profile.max_area_fraction
@@ -406,6 +417,7 @@ def passes(
         and features["edge"] >= (profile.min_edge if strict else CANDIDATE_MIN_EDGE)
         and features["edge_local"] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
         and features["thickness"] >= (profile.min_thickness if strict else 0.0)
+        and (not strict or clear or features["thickness"] >= profile.elongated_thickness)
         and features["solidity"] >= (profile.min_solidity if strict else 0.0)
         and features["fg_share"] >= MIN_FOREGROUND_SHARE
         and features["edge_share"] <= MAX_EDGE_SHARE
@@ -413,8 +425,8 @@ def passes(
         and features["span"] < 1.0
         and (not strict or features["span"] <= profile.max_span)
         and features["sides"] <= 2
-        and pred_iou >= profile.min_pred_iou
-        and stability >= profile.min_stability
+        and pred_iou >= min_pred_iou
+        and stability >= min_stability
     )
 
 
