@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/tune_structures.py dump --seed 1 [--seed 4 ...] [--out bench/scratch-tune]
     .venv/bin/python bench/tune_structures.py replay --seed 1 --seed 2 [--set XC.min_edge=3.0 ...]
     .venv/bin/python bench/tune_structures.py search --seed 1 ... --seed 5 --profile US [--pairs] [--set ...]
+    .venv/bin/python bench/tune_structures.py dump --first-try --seed 404   (then replay --first-try ...)
 
 ``dump`` runs the automatic mode as the node runs it (``SamSegmenter.explain``: input filter, encoder,
 proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same
@@ -15,7 +16,9 @@ configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints the qu
 kind (the bench's scoring: Dice of the union, lesion recall, false-positive area share, lesion-free images
 with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
 equal ``bench/quality.py``'s figures for the seed, which checks the replay. A profile's ``border_level`` is
-not replayed: the refined masks are stored at the level configured when ``dump`` ran.
+not replayed: the refined masks are stored at the level configured when ``dump`` ran. With ``--first-try``
+each action works on the first-try set of the seed instead (``first_try_set``, 40 images, modality US;
+``bench/quality.py`` reports seed 303), stored in files of their own.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -49,18 +52,18 @@ from samie_node.config import Settings, StructureProfile  # noqa: E402
 from samie_node.engine.automatic import Region, select  # noqa: E402
 from samie_node.engine.models import load_models  # noqa: E402
 from samie_node.engine.structures import span, work_mask  # noqa: E402
-from samie_node.testing.phantoms import benchmark_set  # noqa: E402
+from samie_node.testing.phantoms import benchmark_set, first_try_set  # noqa: E402
 from samie_node.testing.quality import KIND_MODALITY, KindSummary, score_image, summarise  # noqa: E402
 
 #: The generated set of ``bench/quality.py`` with its defaults (per kind, lesion-free per kind, controls).
 SET = (12, 2, 6)
 
 
-def _dump_file(out: Path, seed: int) -> Path:
-    return out / f"candidates-seed{seed}.pkl"
+def _dump_file(out: Path, seed: int, first_try: bool = False) -> Path:
+    return out / (f"first-try-seed{seed}.pkl" if first_try else f"candidates-seed{seed}.pkl")
 
 
-def dump(seeds: list[int], out: Path) -> None:
+def dump(seeds: list[int], out: Path, first_try: bool = False) -> None:
     """Decode every image of each seed once and store its candidates."""
     settings = Settings()
     segmenter = load_models(settings).segmenter
@@ -70,7 +73,7 @@ def dump(seeds: list[int], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         images = []
-        for phantom in benchmark_set(seed, *SET):
+        for phantom in first_try_set(seed) if first_try else benchmark_set(seed, *SET):
             profile, regions = explain(phantom.image, KIND_MODALITY[phantom.kind])
             images.append(
                 {
@@ -83,8 +86,8 @@ def dump(seeds: list[int], out: Path) -> None:
                     "border_level": settings.segmenter.profiles[profile].border_level,
                 }
             )
-        _dump_file(out, seed).write_bytes(pickle.dumps(images))
-        print(f"seed {seed}: {len(images)} images -> {_dump_file(out, seed)}")
+        _dump_file(out, seed, first_try).write_bytes(pickle.dumps(images))
+        print(f"seed {seed}: {len(images)} images -> {_dump_file(out, seed, first_try)}")
 
 
 def _unpack(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -166,10 +169,12 @@ def _steps(pairs: bool) -> list[list[tuple[str, float]]]:
     ]
 
 
-def search(seeds: list[int], out: Path, profile: str, changes: list[str], pairs: bool = False) -> None:
+def search(
+    seeds: list[int], out: Path, profile: str, changes: list[str], pairs: bool = False, first_try: bool = False
+) -> None:
     """Coordinate search of ``profile``'s thresholds on the stored candidates of ``seeds``."""
     settings = Settings().segmenter
-    images = [image for seed in seeds for image in _load(out, seed) if image["profile"] == profile]
+    images = [image for seed in seeds for image in _load(out, seed, first_try) if image["profile"] == profile]
     if not images:
         raise SystemExit(f"no image of these seeds uses the {profile} profile")
     profiles = changed_profiles(settings.profiles, changes)
@@ -190,10 +195,11 @@ def search(seeds: list[int], out: Path, profile: str, changes: list[str], pairs:
         print(f"{summary.kind} | {_cell(summary)} | {_cell(after[summary.kind])}")
 
 
-def _load(out: Path, seed: int) -> list[dict[str, Any]]:
-    path = _dump_file(out, seed)
+def _load(out: Path, seed: int, first_try: bool = False) -> list[dict[str, Any]]:
+    path = _dump_file(out, seed, first_try)
     if not path.exists():
-        raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump --seed {seed}` first")
+        flag = " --first-try" if first_try else ""
+        raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump{flag} --seed {seed}` first")
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
     if images and "refined" not in images[0]:
         raise SystemExit(f"{path} predates the border step: run `bench/tune_structures.py dump --seed {seed}` again")
@@ -214,13 +220,13 @@ def _cell(summary: KindSummary) -> str:
     )
 
 
-def replay(seeds: list[int], out: Path, changes: list[str]) -> None:
+def replay(seeds: list[int], out: Path, changes: list[str], first_try: bool = False) -> None:
     """Print configured vs changed profiles per seed and kind."""
     settings = Settings().segmenter
     changed = changed_profiles(settings.profiles, changes)
     print("seed | kind | configured: Dice / recall / FP share / neg. | changed: Dice / recall / FP share / neg.")
     for seed in seeds:
-        images = _load(out, seed)
+        images = _load(out, seed, first_try)
         before = evaluate(images, settings.profiles, settings.max_masks)
         after = {s.kind: s for s in evaluate(images, changed, settings.max_masks)}
         for summary in before:
@@ -235,15 +241,16 @@ def main() -> None:
     parser.add_argument("--set", dest="changes", action="append", default=[], help="PROFILE.FIELD=VALUE")
     parser.add_argument("--profile", help="the profile `search` tunes (US, XC, OP, CT, MR, default)")
     parser.add_argument("--pairs", action="store_true", help="`search` moves two fields at a time (slower)")
+    parser.add_argument("--first-try", action="store_true", help="the first-try set of each seed (modality US)")
     args = parser.parse_args()
     if args.action == "dump":
-        dump(args.seed, args.out)
+        dump(args.seed, args.out, args.first_try)
     elif args.action == "search":
         if not args.profile:
             raise SystemExit("search needs --profile")
-        search(args.seed, args.out, args.profile, args.changes, args.pairs)
+        search(args.seed, args.out, args.profile, args.changes, args.pairs, args.first_try)
     else:
-        replay(args.seed, args.out, args.changes)
+        replay(args.seed, args.out, args.changes, args.first_try)
 
 
 if __name__ == "__main__":
