@@ -197,18 +197,18 @@ def search(
 
 def _load(out: Path, seed: int, first_try: bool = False) -> list[dict[str, Any]]:
     path = _dump_file(out, seed, first_try)
+    command = f"bench/tune_structures.py dump{' --first-try' if first_try else ''} --seed {seed}"
     if not path.exists():
-        flag = " --first-try" if first_try else ""
-        raise SystemExit(f"{path} not found: run `bench/tune_structures.py dump{flag} --seed {seed}` first")
+        raise SystemExit(f"{path} not found: run `{command}` first")
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
     if images and "refined" not in images[0]:
-        raise SystemExit(f"{path} predates the border step: run `bench/tune_structures.py dump --seed {seed}` again")
+        raise SystemExit(f"{path} predates the border step: run `{command}` again")
     profiles = Settings().segmenter.profiles
     for image in images:
         if image.get("border_level", 0.5) != profiles[image["profile"]].border_level:
             raise SystemExit(
                 f"{path} was refined at another {image['profile']}.border_level than the config's: "
-                f"run `bench/tune_structures.py dump --seed {seed}` again"
+                f"run `{command}` again"
             )
     return images
 
