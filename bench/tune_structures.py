@@ -48,10 +48,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from samie_node.config import Settings, StructureProfile  # noqa: E402
+from samie_node.config import Settings  # noqa: E402
 from samie_node.engine.automatic import Region, select  # noqa: E402
 from samie_node.engine.models import load_models  # noqa: E402
 from samie_node.engine.structures import span, work_mask  # noqa: E402
+from samie_node.profiles import StructureProfile  # noqa: E402
 from samie_node.testing.phantoms import benchmark_set, first_try_set  # noqa: E402
 from samie_node.testing.quality import KIND_MODALITY, KindSummary, score_image, summarise  # noqa: E402
 

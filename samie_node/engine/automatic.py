@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samie_node.config import StructureProfile
 from samie_node.engine.masks import MaskSet
 from samie_node.engine.proposals import box_iou, fill_holes, grow, largest_component, propose, tight_box
 from samie_node.engine.structures import (
@@ -36,6 +35,7 @@ from samie_node.engine.structures import (
     structure_features,
     structure_score,
 )
+from samie_node.profiles import StructureProfile
 
 #: Decodes (K, 4) boxes in image pixels to (masks (K, H, W) bool, predicted IoU (K,), stability (K,)).
 Decoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from samie_node.config import StructureProfile
 from samie_node.engine.structures import Maps, passes, structure_features, structure_score
+from samie_node.profiles import StructureProfile
 
 #: Gaussian sigmas (px at work size) at which regions are proposed.
 SMOOTHING = (2.0, 4.0, 8.0)

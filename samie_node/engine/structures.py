@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from samie_node.config import StructureProfile
+from samie_node.profiles import StructureProfile
 
 #: Smoothing scales (px at work size) of the statistics maps; a region is measured at the one that
 #: matches its size, so speckle averages out over large regions and small ones keep their detail.

@@ -1,0 +1,74 @@
+"""The structure profiles of LiteMedSAM's automatic mode: when a decoded mask counts as a structure, per
+modality family (``[segmenter.profiles.*]`` of the config; :mod:`samie_node.engine.structures` measures).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StructureProfile(BaseModel):
+    """When an automatic-mode mask counts as a structure, for one modality family (LiteMedSAM).
+
+    Every threshold is a label-free measurement of the mask against a ring around it and along its
+    border (see :mod:`samie_node.engine.structures`). The defaults were tuned on generated images of one
+    seed and checked on another (``bench/quality.py``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_contrast: float = Field(default=2.5, ge=0)
+    min_z: float = Field(default=6.0, ge=0)
+    min_edge: float = Field(default=1.0, ge=0)
+    min_edge_local: float = Field(default=1.6, ge=0)
+    min_thickness: float = Field(default=0.5, ge=0, le=1)
+    min_solidity: float = Field(default=0.6, ge=0, le=1)
+    min_pred_iou: float = Field(default=0.6, ge=0, le=1)
+    min_stability: float = Field(default=0.6, ge=0, le=1)
+    #: A *distinct* region stands out from its ring clearly: ``contrast`` at least ``distinct_contrast``
+    #: and ``z`` at least ``distinct_z`` (both: ``z`` grows with the area, so a large tissue layer's piece
+    #: of modest contrast has a large one, and a small speckle blob of high contrast a small one).
+    distinct_contrast: float = Field(default=0.0, ge=0)
+    distinct_z: float = Field(default=0.0, ge=0)
+    #: Only a distinct region may be thinner than this (but at least ``min_thickness``): elongated, as a
+    #: tissue layer's piece is. 0.0: no such rule. (An ellipse of axes a : b measures a thickness of
+    #: sqrt(b / a): 0.6 is 2.8 : 1.)
+    elongated_thickness: float = Field(default=0.0, ge=0, le=1)
+    #: A distinct region needs only these of LiteMedSAM's own scores (when lower than ``min_pred_iou`` and
+    #: ``min_stability``): the model scores some plainly visible masses on speckle low. 1.0: no such rule.
+    distinct_min_pred_iou: float = Field(default=1.0, ge=0, le=1)
+    distinct_min_stability: float = Field(default=1.0, ge=0, le=1)
+    min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
+    max_area_fraction: float = Field(default=0.45, gt=0, le=1)
+    #: A region whose bounding box covers more than this share of the image's width or height is a layer
+    #: running across the image (ultrasound's subcutaneous fat), not a lesion; 1.0: no limit.
+    max_span: float = Field(default=1.0, gt=0, le=1)
+    #: Where a kept mask's border is put, from the ring's mean (0) to the inside's (1): 0.5 is halfway,
+    #: where a blurred step edge lies (:func:`samie_node.engine.structures.refine_border`).
+    border_level: float = Field(default=0.5, gt=0, lt=1)
+
+
+def default_profiles() -> dict[str, StructureProfile]:
+    return {
+        "US": StructureProfile(
+            min_contrast=3.0,
+            min_edge=1.5,
+            min_thickness=0.5,
+            min_pred_iou=0.7,
+            distinct_contrast=4.0,
+            distinct_z=8.0,
+            elongated_thickness=0.6,
+            distinct_min_pred_iou=0.6,
+            distinct_min_stability=0.5,
+            min_area_fraction=0.008,
+            max_span=0.9,
+            border_level=0.7,
+        ),
+        "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),
+        "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
+        "CT": StructureProfile(min_contrast=2.8, min_stability=0.7),
+        "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_z=6.0),
+        "default": StructureProfile(
+            min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_z=8.0, min_area_fraction=0.003
+        ),
+    }
