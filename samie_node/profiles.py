@@ -4,7 +4,7 @@ modality family (``[segmenter.profiles.*]`` of the config; :mod:`samie_node.engi
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StructureProfile(BaseModel):
@@ -38,6 +38,14 @@ class StructureProfile(BaseModel):
     #: ``min_stability``): the model scores some plainly visible masses on speckle low. 1.0: no such rule.
     distinct_min_pred_iou: float = Field(default=1.0, ge=0, le=1)
     distinct_min_stability: float = Field(default=1.0, ge=0, le=1)
+    #: The probability of being a lesion that the learned verifier on LiteMedSAM's embedding must give
+    #: (:mod:`samie_node.engine.verifier`); 0.0: not asked. Only weights with a packaged verifier (the
+    #: packaged LiteMedSAM) have the score; with others the hand thresholds decide alone.
+    min_learned: float = Field(default=0.0, ge=0, le=1)
+    #: Thresholds that replace the ones above when the segmenter has a verifier for its weights (usually
+    #: ``min_learned`` and hand thresholds lowered, since the verifier drops what they let through); the
+    #: weights without one keep the hand thresholds. Proposals (before decoding) keep the hand ones.
+    with_verifier: dict[str, float] = Field(default_factory=dict)
     min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
     max_area_fraction: float = Field(default=0.45, gt=0, le=1)
     #: A region whose bounding box covers more than this share of the image's width or height is a layer
@@ -46,6 +54,20 @@ class StructureProfile(BaseModel):
     #: Where a kept mask's border is put, from the ring's mean (0) to the inside's (1): 0.5 is halfway,
     #: where a blurred step edge lies (:func:`samie_node.engine.structures.refine_border`).
     border_level: float = Field(default=0.5, gt=0, lt=1)
+
+    @field_validator("with_verifier")
+    @classmethod
+    def _verifier_names_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - (set(cls.model_fields) - {"with_verifier", "border_level"}))
+        if unknown:
+            raise ValueError(f"with_verifier names no threshold of a profile: {unknown}")
+        return value
+
+    def verified(self) -> StructureProfile:
+        """This profile as it is when the segmenter has a verifier (``with_verifier`` applied, validated)."""
+        if not self.with_verifier:
+            return self
+        return StructureProfile.model_validate({**self.model_dump(exclude={"with_verifier"}), **self.with_verifier})
 
 
 def default_profiles() -> dict[str, StructureProfile]:
@@ -63,6 +85,15 @@ def default_profiles() -> dict[str, StructureProfile]:
             min_area_fraction=0.008,
             max_span=0.9,
             border_level=0.7,
+            with_verifier={
+                "min_learned": 0.3,
+                "min_contrast": 2.5,
+                "min_z": 5.0,
+                "min_edge_local": 1.4,
+                "min_pred_iou": 0.65,
+                "min_stability": 0.5,
+                "min_area_fraction": 0.006,
+            },
         ),
         "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),
         "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),

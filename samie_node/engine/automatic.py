@@ -4,8 +4,10 @@
 2. Each box, grown by 8 %, is decoded; LiteMedSAM segments much better from a box that is tight around
    an object, so each mask's own bounding box is decoded again, and both masks stay candidates.
 3. Every candidate mask (largest piece, holes filled) is measured against its surroundings and its
-   border (:mod:`samie_node.engine.structures`) and kept only when it passes the modality's
-   :class:`samie_node.config.StructureProfile`.
+   border (:mod:`samie_node.engine.structures`), and, when the segmenter has a verifier for its weights,
+   scored on LiteMedSAM's own embedding (:mod:`samie_node.engine.verifier`: ``learned``); it is kept only
+   when it passes the modality's :class:`samie_node.config.StructureProfile` (its ``with_verifier``
+   thresholds when there is that score: :func:`judging`).
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
 5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
    ring and its inside (halfway, or nearer the inside for ultrasound;
@@ -35,10 +37,22 @@ from samie_node.engine.structures import (
     structure_features,
     structure_score,
 )
+from samie_node.engine.verifier import Verifier
 from samie_node.profiles import StructureProfile
 
 #: Decodes (K, 4) boxes in image pixels to (masks (K, H, W) bool, predicted IoU (K,), stability (K,)).
 Decoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What the image's embedding says about a mask: ``describe`` pools it over an image-size bool mask
+    (:func:`samie_node.engine.verifier.pooled`, None when it cannot), and ``verifier``, when there is one
+    for these weights, turns that into the ``learned`` feature."""
+
+    describe: Callable[[np.ndarray], np.ndarray | None]
+    verifier: Verifier | None = None
+
 
 #: Box margins (fraction of the box size) of the first and the tight decode.
 PAD = 0.08
@@ -81,10 +95,17 @@ class Region:
     kept: bool = False
     #: The mask with its border refined (:func:`refined_mask`), filled in by :func:`explain_regions`.
     refined: np.ndarray | None = None
+    #: The mask's description on the image embedding (:attr:`Embedded.describe`), when one was given.
+    described: np.ndarray | None = None
 
 
 def _decoded_regions(
-    image_size: tuple[int, int], maps: Maps, boxes: np.ndarray, decode: Decoder, profile: StructureProfile
+    image_size: tuple[int, int],
+    maps: Maps,
+    boxes: np.ndarray,
+    decode: Decoder,
+    profile: StructureProfile,
+    embedded: Embedded | None = None,
 ) -> list[Region]:
     height, width = image_size
     boxes = grow(boxes, PAD, height, width)
@@ -106,7 +127,10 @@ def _decoded_regions(
         cleaned = fill_holes(mains[index] if index < len(mains) else largest_component(mask))
         features = structure_features(maps.to_work(cleaned), maps) or {}
         score = structure_score(features) if features else 0.0
-        regions.append(Region(cleaned, float(iou), float(stability), features, score))
+        described = embedded.describe(cleaned) if embedded is not None and features else None
+        if embedded is not None and embedded.verifier is not None and features:
+            features["learned"] = embedded.verifier.probability(described) if described is not None else 0.0
+        regions.append(Region(cleaned, float(iou), float(stability), features, score, described=described))
     return regions
 
 
@@ -117,6 +141,12 @@ def _overlaps(region: Region, other: Region) -> bool:
     return (
         inter / max(1, union) > MASK_NMS or inter / max(1, area) > CONTAINED or inter / max(1, other_area) > CONTAINED
     )
+
+
+def judging(profile: StructureProfile, embedded: Embedded | None) -> StructureProfile:
+    """The thresholds that decide which decoded masks stay: the profile's ``with_verifier`` ones when there
+    is a verifier for the segmenter's weights, its hand thresholds otherwise."""
+    return profile.verified() if embedded is not None and embedded.verifier is not None else profile
 
 
 def select(regions: list[Region], profile: StructureProfile, max_regions: int) -> list[Region]:
@@ -140,7 +170,11 @@ def refined_mask(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarray
 
 
 def candidate_regions(
-    image: np.ndarray, decode: Decoder, profile: StructureProfile, maps: Maps | None = None
+    image: np.ndarray,
+    decode: Decoder,
+    profile: StructureProfile,
+    maps: Maps | None = None,
+    embedded: Embedded | None = None,
 ) -> list[Region]:
     """Every decoded candidate of ``image`` with its features, nothing dropped yet (for benchmarks)."""
     maps = maps if maps is not None else image_maps(image)
@@ -148,15 +182,18 @@ def candidate_regions(
     if not candidates:
         return []
     height, width = image.shape[:2]
-    return _decoded_regions((height, width), maps, np.stack([c.box for c in candidates]), decode, profile)
+    boxes = np.stack([c.box for c in candidates])
+    return _decoded_regions((height, width), maps, boxes, decode, profile, embedded)
 
 
-def explain_regions(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> list[Region]:
+def explain_regions(
+    image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int, embedded: Embedded | None = None
+) -> list[Region]:
     """Every decoded candidate of ``image`` with its measurements, marked ``kept`` or not, and each one's
     refined mask, so a replay with other thresholds has them (for benchmarks)."""
     maps = image_maps(image)
-    regions = candidate_regions(image, decode, profile, maps)
-    select(regions, profile, max_regions)
+    regions = candidate_regions(image, decode, profile, maps, embedded)
+    select(regions, judging(profile, embedded), max_regions)
     for region in regions:
         region.refined = refined_mask(region.mask, maps, profile.border_level)
     return regions
@@ -167,11 +204,13 @@ def proposal_boxes(image: np.ndarray, profile: StructureProfile) -> np.ndarray:
     return np.asarray([c.box for c in propose(image_maps(image), profile)], np.float32).reshape(-1, 4)
 
 
-def find_structures(image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int) -> MaskSet:
+def find_structures(
+    image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int, embedded: Embedded | None = None
+) -> MaskSet:
     """The structures in ``image``: decoded masks that pass the structure filter, best first, their borders
     refined."""
     maps = image_maps(image)
-    kept = select(candidate_regions(image, decode, profile, maps), profile, max_regions)
+    kept = select(candidate_regions(image, decode, profile, maps, embedded), judging(profile, embedded), max_regions)
     if not kept:
         return MaskSet.empty(*image.shape[:2])
     return MaskSet(

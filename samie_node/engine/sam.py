@@ -34,10 +34,11 @@ from segment_anything.utils.amg import calculate_stability_score, remove_small_r
 from torch.nn.functional import interpolate
 
 from samie_node.config import SegmenterSettings
-from samie_node.engine.automatic import Decoder, Region, explain_regions, find_structures, profile_name
+from samie_node.engine.automatic import Decoder, Embedded, Region, explain_regions, find_structures, profile_name
 from samie_node.engine.device import inference_context
 from samie_node.engine.masks import MaskSet
 from samie_node.engine.structures import segmentation_input
+from samie_node.engine.verifier import packaged_verifier, pooled
 
 #: The logit offset of SAM's stability score: IoU of the masks thresholded at -1 and +1.
 STABILITY_OFFSET = 1.0
@@ -208,6 +209,8 @@ class SamSegmenter:
         self.predictor = _EmbeddedPredictor(model)
         self.runtime = runtime
         self.box_decoder = BoxDecoder(model)
+        #: The learned region check trained on these weights' embedding, if one ships (LiteMedSAM's).
+        self.verifier = packaged_verifier(identity.weights_sha256) if lite else None
         self.channels_last = any(
             p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
             for p in model.image_encoder.parameters()
@@ -328,7 +331,8 @@ class SamSegmenter:
     def _segment_proposals(self, image: np.ndarray, embedding: ImageEmbedding, modality: str) -> MaskSet:
         """LiteMedSAM's automatic mode: proposed boxes, re-prompted tight, only structures kept."""
         profile = self.settings.profiles[profile_name(self.settings.profiles, modality, image)]
-        return find_structures(image, self._numpy_decoder(embedding), profile, self.settings.max_masks)
+        decoder = self._numpy_decoder(embedding)
+        return find_structures(image, decoder, profile, self.settings.max_masks, self._embedded(embedding))
 
     def explain(self, image: np.ndarray, modality: str = "") -> tuple[str, list[Region]]:
         """The automatic mode's profile for ``image`` and every candidate mask with its measurements and
@@ -336,7 +340,19 @@ class SamSegmenter:
         name = profile_name(self.settings.profiles, modality, image)
         profile = self.settings.profiles[name]
         embedding = self.embed([segmentation_input(image)])[0]
-        return name, explain_regions(image, self._numpy_decoder(embedding), profile, self.settings.max_masks)
+        decoder = self._numpy_decoder(embedding)
+        return name, explain_regions(image, decoder, profile, self.settings.max_masks, self._embedded(embedding))
+
+    def _embedded(self, embedding: ImageEmbedding) -> Embedded:
+        """Masks described on ``embedding`` (:mod:`samie_node.engine.verifier`), scored when there is a
+        verifier for these weights."""
+        features = embedding.features[0].float().cpu().numpy()
+        size = int(self.model.image_encoder.img_size)
+
+        def describe(mask: np.ndarray) -> np.ndarray | None:
+            return pooled(features, mask, embedding.input_size, size)
+
+        return Embedded(describe, self.verifier)
 
     def _numpy_decoder(self, embedding: ImageEmbedding) -> Decoder:
         def decode(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

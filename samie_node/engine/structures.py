@@ -427,6 +427,7 @@ def passes(
         and features["sides"] <= 2
         and pred_iou >= min_pred_iou
         and stability >= min_stability
+        and (not strict or features.get("learned", 1.0) >= profile.min_learned)
     )
 
 

