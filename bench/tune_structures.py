@@ -15,10 +15,13 @@ filter is cheap. ``replay`` puts the stored candidates through ``engine.automati
 configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints the quality table per seed and
 kind (the bench's scoring: Dice of the union, lesion recall, false-positive area share, lesion-free images
 with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
-equal ``bench/quality.py``'s figures for the seed, which checks the replay. A profile's ``border_level`` is
-not replayed: the refined masks are stored at the level configured when ``dump`` ran. With ``--first-try``
-each action works on the first-try set of the seed instead (``first_try_set``, 40 images, modality US;
-``bench/quality.py`` reports seed 303), stored in files of their own.
+equal ``bench/quality.py``'s figures for the seed, which checks the replay. With the verifier (the packaged
+one unless ``--verifier PATH`` or ``--no-verifier``), every stored candidate is scored again (``learned``),
+the filter uses each profile's ``with_verifier`` thresholds as the node does, and ``--set`` changes a
+threshold there when the profile names it there. A profile's ``border_level`` is not replayed: the refined
+masks are stored at the level configured when ``dump`` ran. With ``--first-try`` each action works on the
+first-try set of the seed instead (``first_try_set``, 40 images, modality US; ``bench/quality.py`` reports
+seed 303), stored in files of their own.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -52,20 +55,24 @@ from samie_node.config import Settings  # noqa: E402
 from samie_node.engine.automatic import Region, select  # noqa: E402
 from samie_node.engine.models import load_models  # noqa: E402
 from samie_node.engine.structures import span, work_mask  # noqa: E402
+from samie_node.engine.verifier import Verifier, packaged_verifier  # noqa: E402
+from samie_node.engine.weights import litemedsam_sha256  # noqa: E402
 from samie_node.profiles import StructureProfile  # noqa: E402
 from samie_node.testing.phantoms import benchmark_set, first_try_set  # noqa: E402
 from samie_node.testing.quality import KIND_MODALITY, KindSummary, score_image, summarise  # noqa: E402
 
 #: The generated set of ``bench/quality.py`` with its defaults (per kind, lesion-free per kind, controls).
 SET = (12, 2, 6)
+#: The verifier that scores stored candidates (the packaged one; ``--verifier`` names another).
+VERIFIER: Verifier | None = None
 
 
 def _dump_file(out: Path, seed: int, first_try: bool = False) -> Path:
     return out / (f"first-try-seed{seed}.pkl" if first_try else f"candidates-seed{seed}.pkl")
 
 
-def dump(seeds: list[int], out: Path, first_try: bool = False) -> None:
-    """Decode every image of each seed once and store its candidates."""
+def dump(seeds: list[int], out: Path, first_try: bool = False, kinds: tuple[str, ...] = ()) -> None:
+    """Decode every image of each seed once (of ``kinds`` only, when given) and store its candidates."""
     settings = Settings()
     segmenter = load_models(settings).segmenter
     explain = getattr(segmenter, "explain", None)
@@ -75,6 +82,8 @@ def dump(seeds: list[int], out: Path, first_try: bool = False) -> None:
     for seed in seeds:
         images = []
         for phantom in first_try_set(seed) if first_try else benchmark_set(seed, *SET):
+            if kinds and phantom.kind not in kinds:
+                continue
             profile, regions = explain(phantom.image, KIND_MODALITY[phantom.kind])
             images.append(
                 {
@@ -84,6 +93,7 @@ def dump(seeds: list[int], out: Path, first_try: bool = False) -> None:
                     "lesions": [np.packbits(lesion) for lesion in phantom.lesions],
                     "regions": [(np.packbits(r.mask), r.pred_iou, r.stability, r.features, r.score) for r in regions],
                     "refined": [np.packbits(r.mask if r.refined is None else r.refined) for r in regions],
+                    "described": [None if r.described is None else r.described.astype(np.float16) for r in regions],
                     "border_level": settings.segmenter.profiles[profile].border_level,
                 }
             )
@@ -93,6 +103,17 @@ def dump(seeds: list[int], out: Path, first_try: bool = False) -> None:
 
 def _unpack(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
+def learned(images: list[dict[str, Any]], verifier: Verifier | None) -> None:
+    """Score the stored candidates' descriptions with ``verifier`` (the ``learned`` feature), so a dump stays
+    valid when the verifier is trained again; without one, no candidate has the feature."""
+    for image in images:
+        described = image.get("described") or [None] * len(image["regions"])
+        for (_, _, _, features, _), vector in zip(image["regions"], described, strict=True):
+            features.pop("learned", None)
+            if verifier is not None and features:
+                features["learned"] = 0.0 if vector is None else verifier.probability(vector.astype(np.float32))
 
 
 def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile], max_masks: int) -> list[KindSummary]:
@@ -107,7 +128,8 @@ def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile]
         for region in regions:
             if region.features and "span" not in region.features:  # a dump made before the feature existed
                 region.features = {**region.features, "span": span(work_mask(region.mask))}
-        kept = select(regions, profiles[image["profile"]], max_masks)
+        profile = profiles[image["profile"]]
+        kept = select(regions, profile.verified() if VERIFIER is not None else profile, max_masks)
         lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
         scores.append(score_image(image["kind"], [r.refined for r in kept if r.refined is not None], lesions, shape))
     return summarise(scores)
@@ -123,7 +145,13 @@ def changed_profiles(base: dict[str, StructureProfile], changes: list[str]) -> d
             raise SystemExit(f"--set {change}: expected PROFILE.FIELD=VALUE with a profile of {sorted(profiles)}")
         if field == "border_level":
             raise SystemExit(f"--set {change}: the refined masks are stored by `dump`; change the config, dump again")
-        profiles[name] = StructureProfile.model_validate({**profiles[name].model_dump(), field: value})
+        profile = profiles[name]
+        if VERIFIER is not None and field in profile.with_verifier:  # the value the filter uses is that one
+            profiles[name] = profile.model_copy(
+                update={"with_verifier": {**profile.with_verifier, field: float(value)}}
+            )
+        else:
+            profiles[name] = StructureProfile.model_validate({**profile.model_dump(), field: value})
     return profiles
 
 
@@ -143,6 +171,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "min_pred_iou": (0.5, 0.6, 0.65, 0.7, 0.75, 0.8),
     "min_stability": (0.5, 0.6, 0.65, 0.7, 0.75),
     "min_area_fraction": (0.0015, 0.003, 0.005, 0.008),
+    "min_learned": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
 }
 
 
@@ -189,7 +218,8 @@ def search(
             trial_loss = loss(evaluate(images, trial, settings.max_masks))
             if trial_loss < best - 1e-9:
                 best, profiles, changed = trial_loss, trial, True
-    print(f"{profile}: " + ", ".join(f"{k} = {v}" for k, v in profiles[profile].model_dump().items()))
+    ended = profiles[profile].verified() if VERIFIER is not None else profiles[profile]
+    print(f"{profile}: " + ", ".join(f"{k} = {v}" for k, v in ended.model_dump(exclude={"with_verifier"}).items()))
     after = {s.kind: s for s in evaluate(images, profiles, settings.max_masks)}
     print("kind | before: Dice / recall / FP share / neg. | after: Dice / recall / FP share / neg.")
     for summary in start:
@@ -202,8 +232,9 @@ def _load(out: Path, seed: int, first_try: bool = False) -> list[dict[str, Any]]
     if not path.exists():
         raise SystemExit(f"{path} not found: run `{command}` first")
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
-    if images and "refined" not in images[0]:
-        raise SystemExit(f"{path} predates the border step: run `{command}` again")
+    if images and "described" not in images[0]:
+        raise SystemExit(f"{path} predates the learned verifier: run `{command}` again")
+    learned(images, VERIFIER)
     profiles = Settings().segmenter.profiles
     for image in images:
         if image.get("border_level", 0.5) != profiles[image["profile"]].border_level:
@@ -243,9 +274,15 @@ def main() -> None:
     parser.add_argument("--profile", help="the profile `search` tunes (US, XC, OP, CT, MR, default)")
     parser.add_argument("--pairs", action="store_true", help="`search` moves two fields at a time (slower)")
     parser.add_argument("--first-try", action="store_true", help="the first-try set of each seed (modality US)")
+    parser.add_argument("--kind", dest="kinds", action="append", default=[], help="`dump` only these kinds")
+    parser.add_argument("--verifier", type=Path, help="score candidates with this verifier (default: the packaged)")
+    parser.add_argument("--no-verifier", action="store_true", help="no candidate gets the learned score")
     args = parser.parse_args()
+    global VERIFIER
+    if not args.no_verifier:
+        VERIFIER = Verifier.load(args.verifier) if args.verifier else packaged_verifier(litemedsam_sha256())
     if args.action == "dump":
-        dump(args.seed, args.out, args.first_try)
+        dump(args.seed, args.out, args.first_try, tuple(args.kinds))
     elif args.action == "search":
         if not args.profile:
             raise SystemExit("search needs --profile")
