@@ -17,11 +17,11 @@ kind (the bench's scoring: Dice of the union, lesion recall, false-positive area
 with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
 equal ``bench/quality.py``'s figures for the seed, which checks the replay. With the verifier (the packaged
 one unless ``--verifier PATH`` or ``--no-verifier``), every stored candidate is scored again (``learned``),
-the filter uses each profile's ``with_verifier`` thresholds as the node does, and ``--set`` changes a
-threshold there when the profile names it there. A profile's ``border_level`` is not replayed: the refined
-masks are stored at the level configured when ``dump`` ran. With ``--first-try`` each action works on the
-first-try set of the seed instead (``first_try_set``, 40 images, modality US; ``bench/quality.py`` reports
-seed 303), stored in files of their own.
+the filter uses each profile's ``with_verifier`` thresholds as the node does (``engine.automatic.keeps``),
+and ``--set`` changes a threshold there when the profile names it there. A profile's ``border_level`` is not
+replayed: the refined masks are stored at the level configured when ``dump`` ran. With ``--first-try`` each
+action works on the first-try set of the seed instead (``first_try_set``, 40 images, modality US;
+``bench/quality.py`` reports seed 303), stored in files of their own.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -128,8 +128,7 @@ def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile]
         for region in regions:
             if region.features and "span" not in region.features:  # a dump made before the feature existed
                 region.features = {**region.features, "span": span(work_mask(region.mask))}
-        profile = profiles[image["profile"]]
-        kept = select(regions, profile.verified() if VERIFIER is not None else profile, max_masks)
+        kept = select(regions, profiles[image["profile"]], max_masks, VERIFIER is not None)
         lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
         scores.append(score_image(image["kind"], [r.refined for r in kept if r.refined is not None], lesions, shape))
     return summarise(scores)

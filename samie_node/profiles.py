@@ -43,8 +43,9 @@ class StructureProfile(BaseModel):
     #: packaged LiteMedSAM) have the score; with others the hand thresholds decide alone.
     min_learned: float = Field(default=0.0, ge=0, le=1)
     #: Thresholds that replace the ones above when the segmenter has a verifier for its weights (usually
-    #: ``min_learned`` and hand thresholds lowered, since the verifier drops what they let through); the
-    #: weights without one keep the hand thresholds. Proposals (before decoding) keep the hand ones.
+    #: ``min_learned`` and hand thresholds lowered, since the verifier drops what they let through); a
+    #: distinct region that passes the hand thresholds is kept too (:func:`samie_node.engine.automatic.keeps`).
+    #: Weights without a verifier keep the hand thresholds; so do proposals (before decoding).
     with_verifier: dict[str, float] = Field(default_factory=dict)
     min_area_fraction: float = Field(default=0.0015, ge=0, le=1)
     max_area_fraction: float = Field(default=0.45, gt=0, le=1)

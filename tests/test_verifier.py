@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from engine_fixtures import litemedsam_segmenter
 
-from samie_node.config import Settings
-from samie_node.engine.automatic import Embedded, judging
+from samie_node.config import Settings, load_settings
+from samie_node.engine.automatic import Region, keeps, select
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import passes
 from samie_node.engine.verifier import PACKAGED, Verifier, packaged_verifier, pooled
 from samie_node.engine.weights import litemedsam_sha256
+from samie_node.errors import ConfigError
 from samie_node.testing.phantoms import benchmark_set
 
 
@@ -72,7 +73,7 @@ def test_the_packaged_verifier_is_litemedsam_s_and_the_segmenter_uses_it(lite: S
     assert lite.verifier is not None and lite.weights_sha256 == verifier.weights_sha256
 
 
-def test_min_learned_asks_for_the_learned_score_and_only_a_verified_segmenter_gets_the_lower_thresholds(
+def test_min_learned_asks_for_the_learned_score_and_a_distinct_region_needs_only_the_hand_thresholds(
     lite: SamSegmenter,
 ) -> None:
     hand = Settings().segmenter.profiles["US"]
@@ -92,10 +93,21 @@ def test_min_learned_asks_for_the_learned_score_and_only_a_verified_segmenter_ge
     # a modest region (contrast between the two profiles' bars) passes only with the verifier's thresholds
     modest = {**features, "contrast": (verified.min_contrast + hand.min_contrast) / 2, "learned": 0.9}
     assert passes(modest, verified) and not passes(modest, hand)
-    # the segmenter judges with the verified profile only when it has the verifier
-    assert judging(hand, Embedded(lambda mask: None, lite.verifier)) == verified
-    assert judging(hand, Embedded(lambda mask: None, None)) == hand
-    assert judging(hand, None) == hand
+
+    # with the verifier, a region passes the with_verifier thresholds (learned score included), or it is
+    # distinct and passes the hand ones; without it, the hand thresholds alone decide
+    def region(**changed: float) -> Region:
+        return Region(np.ones((4, 4), bool), 0.9, 0.9, {**features, **changed}, 1.0)
+
+    faint_but_learned = region(contrast=modest["contrast"], z=6.0, learned=0.9)
+    plain_not_learned = region(contrast=hand.min_contrast + 0.1, z=hand.min_z + 0.5, learned=0.0)
+    distinct_not_learned = region(contrast=hand.distinct_contrast, z=hand.distinct_z, learned=0.0)
+    three = (faint_but_learned, plain_not_learned, distinct_not_learned)
+    assert [keeps(r, hand, verified) for r in three] == [True, False, True]
+    assert [keeps(r, hand) for r in three] == [False, True, True]
+    assert [id(r) for r in select([*three[:2]], hand, 8, with_verifier=True)] == [id(faint_but_learned)]
+    assert [id(r) for r in select([*three[:2]], hand, 8)] == [id(plain_not_learned)]
+    assert lite.verifier is not None  # the packaged LiteMedSAM scores its candidates (the regions carry it)
     with pytest.raises(ValueError, match="with_verifier"):
         hand.model_validate({**hand.model_dump(), "with_verifier": {"min_contast": 2.0}})
 
@@ -127,3 +139,18 @@ def test_on_unseen_ultrasound_the_verifier_scores_lesions_above_background(lite:
     threshold = Settings().segmenter.profiles["US"].verified().min_learned
     assert (lesions >= threshold).mean() >= 0.7, lesion_scores
     assert (background < threshold).mean() >= 0.7, background_scores
+
+
+def test_a_site_switches_the_verifier_s_thresholds_off_or_changes_them_in_its_file(tmp_path: Path) -> None:
+    off = tmp_path / "off.toml"
+    off.write_text("[segmenter.profiles.US]\nwith_verifier = {}\n", encoding="utf-8")
+    us = load_settings(off).segmenter.profiles["US"]
+    assert us.with_verifier == {} and us.verified() == us
+    assert us.min_contrast == Settings().segmenter.profiles["US"].min_contrast  # the rest stays
+    stricter = tmp_path / "stricter.toml"
+    stricter.write_text("[segmenter.profiles.US.with_verifier]\nmin_learned = 0.6\n", encoding="utf-8")
+    assert load_settings(stricter).segmenter.profiles["US"].verified().min_learned == 0.6
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[segmenter.profiles.US.with_verifier]\nmin_lerned = 0.6\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="min_lerned"):
+        load_settings(typo)

@@ -6,8 +6,8 @@
 3. Every candidate mask (largest piece, holes filled) is measured against its surroundings and its
    border (:mod:`samie_node.engine.structures`), and, when the segmenter has a verifier for its weights,
    scored on LiteMedSAM's own embedding (:mod:`samie_node.engine.verifier`: ``learned``); it is kept only
-   when it passes the modality's :class:`samie_node.config.StructureProfile` (its ``with_verifier``
-   thresholds when there is that score: :func:`judging`).
+   when it passes the modality's :class:`samie_node.profiles.StructureProfile` (with the learned score:
+   its ``with_verifier`` thresholds, or its hand ones for a *distinct* region; :func:`keeps`).
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
 5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
    ring and its inside (halfway, or nearer the inside for ultrasound;
@@ -29,6 +29,7 @@ from samie_node.engine.proposals import box_iou, fill_holes, grow, largest_compo
 from samie_node.engine.structures import (
     SPECKLE_INDEX,
     Maps,
+    distinct,
     image_maps,
     is_grey,
     noise_index,
@@ -143,16 +144,27 @@ def _overlaps(region: Region, other: Region) -> bool:
     )
 
 
-def judging(profile: StructureProfile, embedded: Embedded | None) -> StructureProfile:
-    """The thresholds that decide which decoded masks stay: the profile's ``with_verifier`` ones when there
-    is a verifier for the segmenter's weights, its hand thresholds otherwise."""
-    return profile.verified() if embedded is not None and embedded.verifier is not None else profile
+def keeps(region: Region, profile: StructureProfile, verified: StructureProfile | None = None) -> bool:
+    """The structure filter for one decoded mask. With a verifier (``verified``: the profile's
+    ``with_verifier`` thresholds, :meth:`~samie_node.profiles.StructureProfile.verified`) a mask stays when
+    it passes those, the learned score included, or when it is *distinct* and passes the hand thresholds:
+    the verifier, trained on generated images, judges the regions the hand measurements cannot, and does
+    not overrule a region that stands out clearly."""
+    features = region.features
+    by_hand = passes(features, profile, region.pred_iou, region.stability)
+    if verified is None:
+        return by_hand
+    return passes(features, verified, region.pred_iou, region.stability) or (by_hand and distinct(features, profile))
 
 
-def select(regions: list[Region], profile: StructureProfile, max_regions: int) -> list[Region]:
-    """The structure filter, then overlap resolution; marks ``kept`` and returns the kept, best first."""
+def select(
+    regions: list[Region], profile: StructureProfile, max_regions: int, with_verifier: bool = False
+) -> list[Region]:
+    """The structure filter (:func:`keeps`; ``with_verifier`` when the regions carry the learned score),
+    then overlap resolution; marks ``kept`` and returns the kept, best first."""
+    verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
-        region.kept = passes(region.features, profile, region.pred_iou, region.stability)
+        region.kept = keeps(region, profile, verified)
     kept: list[Region] = []
     for region in sorted((r for r in regions if r.kept), key=lambda r: -r.score):
         if any(_overlaps(region, other) for other in kept) or len(kept) == max_regions:
@@ -160,6 +172,10 @@ def select(regions: list[Region], profile: StructureProfile, max_regions: int) -
             continue
         kept.append(region)
     return kept
+
+
+def _verifying(embedded: Embedded | None) -> bool:
+    return embedded is not None and embedded.verifier is not None
 
 
 def refined_mask(mask: np.ndarray, maps: Maps, level: float = 0.5) -> np.ndarray:
@@ -193,7 +209,7 @@ def explain_regions(
     refined mask, so a replay with other thresholds has them (for benchmarks)."""
     maps = image_maps(image)
     regions = candidate_regions(image, decode, profile, maps, embedded)
-    select(regions, judging(profile, embedded), max_regions)
+    select(regions, profile, max_regions, _verifying(embedded))
     for region in regions:
         region.refined = refined_mask(region.mask, maps, profile.border_level)
     return regions
@@ -210,7 +226,7 @@ def find_structures(
     """The structures in ``image``: decoded masks that pass the structure filter, best first, their borders
     refined."""
     maps = image_maps(image)
-    kept = select(candidate_regions(image, decode, profile, maps, embedded), judging(profile, embedded), max_regions)
+    kept = select(candidate_regions(image, decode, profile, maps, embedded), profile, max_regions, _verifying(embedded))
     if not kept:
         return MaskSet.empty(*image.shape[:2])
     return MaskSet(
