@@ -113,7 +113,7 @@ def learned(images: list[dict[str, Any]], verifier: Verifier | None) -> None:
         for (_, _, _, features, _), vector in zip(image["regions"], described, strict=True):
             features.pop("learned", None)
             if verifier is not None and features:
-                features["learned"] = 0.0 if vector is None else verifier.probability(vector.astype(np.float32))
+                features["learned"] = verifier.score(vector)
 
 
 def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile], max_masks: int) -> list[KindSummary]:

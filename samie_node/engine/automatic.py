@@ -130,7 +130,7 @@ def _decoded_regions(
         score = structure_score(features) if features else 0.0
         described = embedded.describe(cleaned) if embedded is not None and features else None
         if embedded is not None and embedded.verifier is not None and features:
-            features["learned"] = embedded.verifier.probability(described) if described is not None else 0.0
+            features["learned"] = embedded.verifier.score(described)
         regions.append(Region(cleaned, float(iou), float(stability), features, score, described=described))
     return regions
 

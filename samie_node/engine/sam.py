@@ -332,7 +332,8 @@ class SamSegmenter:
         """LiteMedSAM's automatic mode: proposed boxes, re-prompted tight, only structures kept."""
         profile = self.settings.profiles[profile_name(self.settings.profiles, modality, image)]
         decoder = self._numpy_decoder(embedding)
-        return find_structures(image, decoder, profile, self.settings.max_masks, self._embedded(embedding))
+        embedded = self._embedded(embedding) if self.verifier is not None else None  # nothing to score with
+        return find_structures(image, decoder, profile, self.settings.max_masks, embedded)
 
     def explain(self, image: np.ndarray, modality: str = "") -> tuple[str, list[Region]]:
         """The automatic mode's profile for ``image`` and every candidate mask with its measurements and

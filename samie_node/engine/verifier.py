@@ -93,6 +93,11 @@ class Verifier:
         logit = float(((described - self.mean) / self.scale) @ self.coef) + self.intercept
         return float(1.0 / (1.0 + np.exp(-np.clip(logit, -50.0, 50.0))))
 
+    def score(self, described: np.ndarray | None) -> float:
+        """The ``learned`` feature of a mask: :meth:`probability` of its description, 0.0 when it has none
+        (:func:`pooled` could not describe it)."""
+        return 0.0 if described is None else self.probability(described.astype(np.float32))
+
     def save(self, path: Path) -> None:
         """Write the regression as an ``.npz`` file."""
         path.parent.mkdir(parents=True, exist_ok=True)
