@@ -160,6 +160,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "min_z": (0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0),
     "min_edge": (1.0, 1.3, 1.5, 1.7, 1.9, 2.1, 2.5, 3.0),
     "min_edge_local": (1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5),
+    "min_edge_fine": (0.0, 1.5, 2.0, 2.5, 3.0),
     "min_thickness": (0.4, 0.5, 0.55, 0.6, 0.65, 0.7),
     "distinct_contrast": (3.0, 3.5, 4.0, 4.5, 5.0, 6.0),
     "distinct_z": (6.0, 7.0, 8.0, 9.0, 10.0, 12.0),
@@ -233,6 +234,8 @@ def _load(out: Path, seed: int, first_try: bool = False) -> list[dict[str, Any]]
     images: list[dict[str, Any]] = pickle.loads(path.read_bytes())
     if images and "described" not in images[0]:
         raise SystemExit(f"{path} predates the learned verifier: run `{command}` again")
+    if any(features and "edge_fine" not in features for image in images for *_, features, _ in image["regions"]):
+        raise SystemExit(f"{path} predates the feature edge_fine: run `{command}` again")
     learned(images, VERIFIER)
     profiles = Settings().segmenter.profiles
     for image in images:

@@ -21,6 +21,9 @@ class StructureProfile(BaseModel):
     min_z: float = Field(default=6.0, ge=0)
     min_edge: float = Field(default=1.0, ge=0)
     min_edge_local: float = Field(default=1.6, ge=0)
+    #: The border's median gradient at the finest scale against the image's typical one (``edge_fine``):
+    #: a border that is a step all the way round, not a smooth swell of tissue or texture. 0.0: not asked.
+    min_edge_fine: float = Field(default=0.0, ge=0)
     min_thickness: float = Field(default=0.5, ge=0, le=1)
     min_solidity: float = Field(default=0.6, ge=0, le=1)
     min_pred_iou: float = Field(default=0.6, ge=0, le=1)
@@ -98,9 +101,9 @@ def default_profiles() -> dict[str, StructureProfile]:
         ),
         "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),
         "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
-        "CT": StructureProfile(min_contrast=2.8, min_stability=0.7),
+        "CT": StructureProfile(min_contrast=2.8, min_z=5.5, min_edge_fine=2.5, min_stability=0.7),
         "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_z=6.0),
         "default": StructureProfile(
-            min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_z=8.0, min_area_fraction=0.003
+            min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_edge_fine=2.5, min_z=8.0, min_area_fraction=0.003
         ),
     }

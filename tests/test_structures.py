@@ -64,6 +64,35 @@ def test_a_disc_is_a_structure_and_the_background_is_not() -> None:
     assert edge is not None and not passes(edge, profile)
 
 
+def test_a_smooth_swell_has_no_step_border_and_a_disc_has_one() -> None:
+    """``edge_fine``: a bright disc on a CT-like grey field with a blurred step border (the scanner's point
+    spread), and a smooth swell of the same height (a Gaussian bump, as a swell of tissue or a smooth
+    texture is). Both stand out from their ring; only the disc's border is a step, and with the CT
+    profile's ``min_edge_fine`` the swell is dropped where the other thresholds alone would keep it."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    radius = np.hypot(yy - 120, xx - 136)
+    noise = rng.normal(0, 6, (256, 256)).astype(np.float32)
+    measured = {}
+    for name, grey, mask in (
+        ("step", cv2.GaussianBlur(100 + 20 * (radius <= 30) + noise, (0, 0), 1.0), radius <= 30),
+        ("swell", 100 + 20 * np.exp(-((radius / 40) ** 2)) + noise, radius <= 33),
+    ):
+        maps = image_maps(np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2))
+        features = structure_features(maps.to_work(mask), maps)
+        assert features is not None
+        measured[name] = features
+    profile = Settings().segmenter.profiles["CT"]
+    step, swell = measured["step"], measured["swell"]
+    assert step["contrast"] > 2 * profile.min_contrast and swell["contrast"] > profile.min_contrast
+    assert step["edge_fine"] > 4 * profile.min_edge_fine > 0
+    assert swell["edge_fine"] < 0.7 * profile.min_edge_fine
+    assert passes(step, profile)
+    without = profile.model_copy(update={"min_edge_fine": 0.0, "min_edge_local": 0.9 * swell["edge_local"]})
+    assert passes(swell, without)
+    assert not passes(swell, without.model_copy(update={"min_edge_fine": profile.min_edge_fine}))
+
+
 def test_a_lesion_s_visibility_is_the_filter_s_contrast_on_its_true_mask() -> None:
     """The bench's visibility measure: a plain disc measures as the filter measures it, a same-size
     "lesion" drawn on plain background is invisible, and each lesion is counted in its band, found or not."""

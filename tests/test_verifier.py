@@ -82,8 +82,8 @@ def test_min_learned_asks_for_the_learned_score_and_a_distinct_region_needs_only
     assert verified.min_contrast < hand.min_contrast and verified.border_level == hand.border_level
     features = {
         "area": 0.05, "fg_fraction": 0.05, "fg_share": 1.0, "contrast": 6.0, "z": 20.0, "edge": 3.0,
-        "edge_local": 3.0, "thickness": 0.9, "solidity": 0.95, "edge_share": 0.0, "background_ring": 0.0,
-        "sides": 0.0, "span": 0.3,
+        "edge_local": 3.0, "edge_fine": 3.0, "thickness": 0.9, "solidity": 0.95, "edge_share": 0.0,
+        "background_ring": 0.0, "sides": 0.0, "span": 0.3,
     }  # fmt: skip
     assert passes(features, verified)  # no learned score: the threshold is not asked
     assert passes({**features, "learned": verified.min_learned}, verified)

@@ -13,6 +13,9 @@ contrast
 edge, edge_local
     The mean gradient magnitude along the region's border against the image's typical gradient, and
     against the gradient just inside and outside it (high for a step edge, about 1 for noise).
+    ``edge_fine`` is the median gradient along the border at the finest scale (``STAT_SIGMAS[0]``) against
+    the image's typical one there: a structure's border is a step all the way round, while a smooth
+    swell of tissue or texture, which has contrast and a gradient at coarse scales, has none.
 shape
     Solidity, thickness (largest inscribed radius over the equivalent radius), how much of the border
     runs along the image edge or along a dark background (a field of view, the air around a body), and
@@ -313,6 +316,8 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
     gradient = maps.gradient[window.sigma][window.y0 : window.y1, window.x0 : window.x1]
     typical = maps.typical[window.sigma]
     border_gradient = float(np.mean(gradient[inner_border])) if inner_border.any() else 0.0
+    fine = maps.gradient[STAT_SIGMAS[0]][window.y0 : window.y1, window.x0 : window.x1][inner_border]
+    edge_fine = float(np.median(fine)) / maps.typical[STAT_SIGMAS[0]] if fine.size else 0.0
     away = gradient[window.inside_core | window.ring]
     distance = cv2.distanceTransform(np.pad(window.crop, 1), cv2.DIST_L2, 5)
     contours, _ = cv2.findContours(window.crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -328,6 +333,7 @@ def structure_features(mask: np.ndarray, maps: Maps) -> dict[str, float] | None:
         "z": float(max(contrasts) * np.sqrt(independent)),
         "edge": border_gradient / typical,
         "edge_local": border_gradient / ((float(np.median(away)) if away.size else 0.0) + 0.05 * typical),
+        "edge_fine": edge_fine,
         "thickness": float(distance.max()) / max(float(np.sqrt(area / np.pi)), 1e-3),
         "solidity": float(area / max(hull_area, area)) if hull_area > 0 else 1.0,
         "edge_share": edge_share,
@@ -416,6 +422,7 @@ def passes(
         and features["z"] >= (profile.min_z if strict else 0.0)
         and features["edge"] >= (profile.min_edge if strict else CANDIDATE_MIN_EDGE)
         and features["edge_local"] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
+        and features["edge_fine"] >= (profile.min_edge_fine if strict else 0.0)
         and features["thickness"] >= (profile.min_thickness if strict else 0.0)
         and (not strict or clear or features["thickness"] >= profile.elongated_thickness)
         and features["solidity"] >= (profile.min_solidity if strict else 0.0)
