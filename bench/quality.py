@@ -157,7 +157,8 @@ def _print_visibility(title: str, scores: list[ImageScore]) -> dict[str, list[tu
 
 def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     print("\npydicom's images (automatic mode, the modality's profile)")
-    print(f"{'image':28} {'mod.':4} {'profile':7} {'size':>9} {'s':>5}  regions: area %, contrast, edge_local, z, IoU")
+    scores = "regions: area %, contrast, edge_local, edge_fine, z, IoU"
+    print(f"{'image':28} {'mod.':4} {'profile':7} {'size':>9} {'s':>5}  {scores}")
     rows, tiles = [], []
     for name, modality, image in _real_images():
         started = time.perf_counter()
@@ -167,7 +168,7 @@ def _real_table(segmenter: SamSegmenter) -> tuple[list[dict[str, Any]], list[np.
         masks = [r.refined if r.refined is not None else r.mask for r in kept]
         described = [
             f"{100 * float(m.mean()):.1f} {r.features['contrast']:.1f} {r.features['edge_local']:.1f}"
-            f" {r.features['z']:.0f} {r.pred_iou:.2f}"
+            f" {r.features['edge_fine']:.1f} {r.features['z']:.0f} {r.pred_iou:.2f}"
             for r, m in zip(kept, masks, strict=True)
         ]
         size = f"{image.shape[1]}x{image.shape[0]}"
