@@ -55,6 +55,10 @@ class StructureProfile(BaseModel):
     #: A region whose bounding box covers more than this share of the image's width or height is a layer
     #: running across the image (ultrasound's subcutaneous fat), not a lesion; 1.0: no limit.
     max_span: float = Field(default=1.0, gt=0, le=1)
+    #: Overlapping kept masks: the better structure stays, unless a larger mask that passes the filter holds
+    #: kept ones (each more than 80 % inside it) and scores at least this share of the best of them; then
+    #: it replaces them (a pigmented skin lesion is one lesion, not its darker patches). 1.0: never.
+    whole_share: float = Field(default=1.0, gt=0, le=1)
     #: Where a kept mask's border is put, from the ring's mean (0) to the inside's (1): 0.5 is halfway,
     #: where a blurred step edge lies (:func:`samie_node.engine.structures.refine_border`).
     border_level: float = Field(default=0.5, gt=0, lt=1)
@@ -99,7 +103,9 @@ def default_profiles() -> dict[str, StructureProfile]:
                 "min_area_fraction": 0.006,
             },
         ),
-        "XC": StructureProfile(min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005),
+        "XC": StructureProfile(
+            min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005, whole_share=0.5
+        ),
         "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
         "CT": StructureProfile(min_contrast=2.8, min_z=5.5, min_edge_fine=2.5, min_stability=0.7),
         "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_z=6.0),

@@ -18,7 +18,7 @@ import pytest
 from engine_fixtures import dice, litemedsam_segmenter, read_testdata
 
 from samie_node.config import Settings, load_settings
-from samie_node.engine.automatic import profile_name, refined_mask
+from samie_node.engine.automatic import Region, profile_name, refined_mask, select
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import distinct, image_maps, passes, structure_features
@@ -91,6 +91,41 @@ def test_a_smooth_swell_has_no_step_border_and_a_disc_has_one() -> None:
     without = profile.model_copy(update={"min_edge_fine": 0.0, "min_edge_local": 0.9 * swell["edge_local"]})
     assert passes(swell, without)
     assert not passes(swell, without.model_copy(update={"min_edge_fine": profile.min_edge_fine}))
+
+
+def test_on_photographs_a_whole_lesion_replaces_its_patches_that_outscore_it() -> None:
+    """``whole_share``: a pigmented lesion whose two darker patches passed the filter with a higher score
+    than the whole lesion. The photograph profile keeps the whole lesion in their place; a profile without
+    the rule (1.0) keeps the patches; so does the photograph profile when the whole scores under its share
+    of the best patch, or when it also overlaps a kept region that is not inside it."""
+    yy, xx = np.mgrid[0:200, 0:200]
+    whole = np.hypot(yy - 100, xx - 100) <= 50
+    patches = [np.hypot(yy - 127, xx - 85) <= 12, np.hypot(yy - 127, xx - 115) <= 12]
+    # a region as large as the lesion, shifted: IoU 0.57 with it, neither inside the other, the patches not in it
+    neighbour = np.hypot(yy - 78, xx - 100) <= 50
+    passing = {
+        "area": 0.05, "fg_fraction": 0.05, "fg_share": 1.0, "contrast": 5.0, "z": 20.0, "edge": 4.0,
+        "edge_local": 3.0, "edge_fine": 5.0, "thickness": 0.9, "solidity": 0.95, "edge_share": 0.0,
+        "background_ring": 0.0, "sides": 0.0, "span": 0.3,
+    }  # fmt: skip
+    photograph = Settings().segmenter.profiles["XC"]
+    assert photograph.whole_share == 0.5
+
+    def kept(whole_score: float, profile: object, extra: list[np.ndarray] | None = None) -> list[str]:
+        masks = {"whole": whole, "patch 1": patches[0], "patch 2": patches[1]}
+        scores = {"whole": whole_score, "patch 1": 10.0, "patch 2": 9.0}
+        for index, mask in enumerate(extra or []):
+            masks[f"other {index}"], scores[f"other {index}"] = mask, 9.5
+        regions = [Region(mask, 0.9, 0.9, dict(passing), scores[name]) for name, mask in masks.items()]
+        names = {id(region): name for region, name in zip(regions, masks, strict=True)}
+        chosen = select(regions, profile, 8)  # type: ignore[arg-type]
+        assert {names[id(r)] for r in regions if r.kept} == {names[id(r)] for r in chosen}
+        return sorted(names[id(r)] for r in chosen)
+
+    assert kept(6.0, photograph) == ["whole"]
+    assert kept(6.0, photograph.model_copy(update={"whole_share": 1.0})) == ["patch 1", "patch 2"]
+    assert kept(4.0, photograph) == ["patch 1", "patch 2"]  # under half of the best patch's score
+    assert kept(6.0, photograph, [neighbour]) == ["other 0", "patch 1", "patch 2"]
 
 
 def test_a_lesion_s_visibility_is_the_filter_s_contrast_on_its_true_mask() -> None:

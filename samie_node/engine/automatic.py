@@ -8,7 +8,8 @@
    scored on LiteMedSAM's own embedding (:mod:`samie_node.engine.verifier`: ``learned``); it is kept only
    when it passes the modality's :class:`samie_node.profiles.StructureProfile` (with the learned score:
    its ``with_verifier`` thresholds, or its hand ones for a *distinct* region; :func:`keeps`).
-4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays.
+4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays; with
+   the profile's ``whole_share`` (photographs) a larger passing mask replaces the kept ones inside it.
 5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
    ring and its inside (halfway, or nearer the inside for ultrasound;
    :func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
@@ -161,17 +162,44 @@ def select(
     regions: list[Region], profile: StructureProfile, max_regions: int, with_verifier: bool = False
 ) -> list[Region]:
     """The structure filter (:func:`keeps`; ``with_verifier`` when the regions carry the learned score),
-    then overlap resolution; marks ``kept`` and returns the kept, best first."""
+    then overlap resolution (the better structure stays; with the profile's ``whole_share`` a larger passing
+    region may replace the kept ones inside it: :func:`_wholes`); marks ``kept`` and returns the kept, best
+    first."""
     verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
         region.kept = keeps(region, profile, verified)
+    passing = sorted((r for r in regions if r.kept), key=lambda r: -r.score)
     kept: list[Region] = []
-    for region in sorted((r for r in regions if r.kept), key=lambda r: -r.score):
+    for region in passing:
         if any(_overlaps(region, other) for other in kept) or len(kept) == max_regions:
             region.kept = False
             continue
         kept.append(region)
+    if profile.whole_share < 1.0:
+        kept = _wholes(passing, kept, profile.whole_share)
     return kept
+
+
+def _inside(inner: Region, outer: Region) -> bool:
+    area = int(inner.mask.sum())
+    return int(np.logical_and(inner.mask, outer.mask).sum()) / max(1, area) > CONTAINED
+
+
+def _wholes(passing: list[Region], kept: list[Region], share: float) -> list[Region]:
+    """``kept`` with each passing region that was dropped for overlapping only kept regions that lie inside
+    it, and that scores at least ``share`` of the best of them, in their place (best first)."""
+    for region in passing:
+        if region.kept:
+            continue
+        parts = [other for other in kept if _overlaps(region, other)]
+        if not parts or not all(_inside(part, region) for part in parts):
+            continue
+        if region.score >= share * max(part.score for part in parts):
+            for part in parts:
+                part.kept = False
+            region.kept = True
+            kept = [other for other in kept if other.kept] + [region]
+    return sorted(kept, key=lambda r: -r.score)
 
 
 def _verifying(embedded: Embedded | None) -> bool:
