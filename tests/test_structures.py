@@ -22,6 +22,7 @@ from samie_node.engine.automatic import Region, profile_name, refined_mask, sele
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
 from samie_node.engine.structures import distinct, image_maps, passes, structure_features
+from samie_node.profiles import StructureProfile
 from samie_node.testing.phantoms import benchmark_set, first_try_set, noise_only
 from samie_node.testing.quality import (
     VISIBILITY_BANDS,
@@ -111,14 +112,14 @@ def test_on_photographs_a_whole_lesion_replaces_its_patches_that_outscore_it() -
     photograph = Settings().segmenter.profiles["XC"]
     assert photograph.whole_share == 0.5
 
-    def kept(whole_score: float, profile: object, extra: list[np.ndarray] | None = None) -> list[str]:
+    def kept(whole_score: float, profile: StructureProfile, extra: list[np.ndarray] | None = None) -> list[str]:
         masks = {"whole": whole, "patch 1": patches[0], "patch 2": patches[1]}
         scores = {"whole": whole_score, "patch 1": 10.0, "patch 2": 9.0}
         for index, mask in enumerate(extra or []):
             masks[f"other {index}"], scores[f"other {index}"] = mask, 9.5
         regions = [Region(mask, 0.9, 0.9, dict(passing), scores[name]) for name, mask in masks.items()]
         names = {id(region): name for region, name in zip(regions, masks, strict=True)}
-        chosen = select(regions, profile, 8)  # type: ignore[arg-type]
+        chosen = select(regions, profile, 8)
         assert {names[id(r)] for r in regions if r.kept} == {names[id(r)] for r in chosen}
         return sorted(names[id(r)] for r in chosen)
 
