@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -136,13 +137,23 @@ def _decoded_regions(
     return regions
 
 
-def _overlaps(region: Region, other: Region) -> bool:
-    area, other_area = int(region.mask.sum()), int(other.mask.sum())
-    inter = int(np.logical_and(region.mask, other.mask).sum())
-    union = area + other_area - inter
-    return (
-        inter / max(1, union) > MASK_NMS or inter / max(1, area) > CONTAINED or inter / max(1, other_area) > CONTAINED
-    )
+class _Shares(NamedTuple):
+    """How two masks overlap: their IoU, the share of the first inside the second and of the second inside
+    the first."""
+
+    iou: float
+    first_inside: float
+    second_inside: float
+
+    @property
+    def overlapping(self) -> bool:
+        return self.iou > MASK_NMS or self.first_inside > CONTAINED or self.second_inside > CONTAINED
+
+
+def _shares(first: Region, second: Region) -> _Shares:
+    area, other_area = int(first.mask.sum()), int(second.mask.sum())
+    inter = int(np.logical_and(first.mask, second.mask).sum())
+    return _Shares(inter / max(1, area + other_area - inter), inter / max(1, area), inter / max(1, other_area))
 
 
 def keeps(region: Region, profile: StructureProfile, verified: StructureProfile | None = None) -> bool:
@@ -171,7 +182,7 @@ def select(
     passing = sorted((r for r in regions if r.kept), key=lambda r: -r.score)
     kept: list[Region] = []
     for region in passing:
-        if any(_overlaps(region, other) for other in kept) or len(kept) == max_regions:
+        if any(_shares(region, other).overlapping for other in kept) or len(kept) == max_regions:
             region.kept = False
             continue
         kept.append(region)
@@ -180,19 +191,15 @@ def select(
     return kept
 
 
-def _inside(inner: Region, outer: Region) -> bool:
-    area = int(inner.mask.sum())
-    return int(np.logical_and(inner.mask, outer.mask).sum()) / max(1, area) > CONTAINED
-
-
 def _wholes(passing: list[Region], kept: list[Region], share: float) -> list[Region]:
     """``kept`` with each passing region that was dropped for overlapping only kept regions that lie inside
     it, and that scores at least ``share`` of the best of them, in their place (best first)."""
     for region in passing:
         if region.kept:
             continue
-        parts = [other for other in kept if _overlaps(region, other)]
-        if not parts or not all(_inside(part, region) for part in parts):
+        pairs = [(other, shares) for other in kept if (shares := _shares(region, other)).overlapping]
+        parts = [other for other, _ in pairs]
+        if not parts or any(shares.second_inside <= CONTAINED for _, shares in pairs):
             continue
         if region.score >= share * max(part.score for part in parts):
             for part in parts:
