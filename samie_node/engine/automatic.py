@@ -151,9 +151,10 @@ class _Shares(NamedTuple):
 
 
 def _shares(first: Region, second: Region) -> _Shares:
-    area, other_area = int(first.mask.sum()), int(second.mask.sum())
+    first_area, second_area = int(first.mask.sum()), int(second.mask.sum())
     inter = int(np.logical_and(first.mask, second.mask).sum())
-    return _Shares(inter / max(1, area + other_area - inter), inter / max(1, area), inter / max(1, other_area))
+    union = first_area + second_area - inter
+    return _Shares(inter / max(1, union), inter / max(1, first_area), inter / max(1, second_area))
 
 
 def keeps(region: Region, profile: StructureProfile, verified: StructureProfile | None = None) -> bool:
@@ -197,9 +198,9 @@ def _wholes(passing: list[Region], kept: list[Region], share: float) -> list[Reg
     for region in passing:
         if region.kept:
             continue
-        pairs = [(other, shares) for other in kept if (shares := _shares(region, other)).overlapping]
-        parts = [other for other, _ in pairs]
-        if not parts or any(shares.second_inside <= CONTAINED for _, shares in pairs):
+        shares = {id(other): _shares(region, other) for other in kept}
+        parts = [other for other in kept if shares[id(other)].overlapping]
+        if not parts or any(shares[id(part)].second_inside <= CONTAINED for part in parts):
             continue
         if region.score >= share * max(part.score for part in parts):
             for part in parts:
