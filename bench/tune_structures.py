@@ -8,20 +8,20 @@ Run from the repository root::
     .venv/bin/python bench/tune_structures.py dump --first-try --seed 404   (then replay --first-try ...)
 
 ``dump`` runs the automatic mode as the node runs it (``SamSegmenter.explain``: input filter, encoder,
-proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same
-set as ``bench/quality.py``) and stores every candidate mask, its refined border included, with its
-measurements and LiteMedSAM's scores. Decoding is what costs (about a minute per seed on two cores); the
-filter is cheap. ``replay`` puts the stored candidates through ``engine.automatic.select`` with the
-configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints the quality table per seed and
-kind (the bench's scoring: Dice of the union, lesion recall, false-positive area share, lesion-free images
-with a region) for the configured and the changed profiles side by side. With no ``--set`` both columns must
-equal ``bench/quality.py``'s figures for the seed, which checks the replay. With the verifier (the packaged
-one unless ``--verifier PATH`` or ``--no-verifier``), every stored candidate is scored again (``learned``),
-the filter uses each profile's ``with_verifier`` thresholds as the node does (``engine.automatic.keeps``),
-and ``--set`` changes a threshold there when the profile names it there. A profile's ``border_level`` is not
-replayed: the refined masks are stored at the level configured when ``dump`` ran. With ``--first-try`` each
-action works on the first-try set of the seed instead (``first_try_set``, 40 images, modality US;
-``bench/quality.py`` reports seed 303), stored in files of their own.
+proposals, tight re-prompts) on the generated set of each seed (``samie_node.testing.phantoms``, the same set
+as ``bench/quality.py``) and stores every candidate mask, its refined border included, with its measurements
+(on the decoded mask and on the refined one) and LiteMedSAM's scores. Decoding is what costs (about a minute
+per seed on two cores); the filter is cheap. ``replay`` puts the stored candidates through
+``engine.automatic.select`` with the configured profiles, changed by ``--set PROFILE.FIELD=VALUE``, and prints
+the quality table per seed and kind (the bench's scoring: Dice of the union, lesion recall, false-positive
+area share, lesion-free images with a region) for the configured and the changed profiles side by side. With
+no ``--set`` both columns must equal ``bench/quality.py``'s figures for the seed, which checks the replay.
+With the verifier (the packaged one unless ``--verifier PATH`` or ``--no-verifier``), every stored candidate
+is scored again (``learned``), the filter uses each profile's ``with_verifier`` thresholds as the node does
+(``engine.automatic.keeps``), and ``--set`` changes a threshold there when the profile names it there. A
+profile's ``border_level`` is not replayed: the refined masks are stored at the level configured when ``dump``
+ran. With ``--first-try`` each action works on the first-try set of the seed instead (``first_try_set``, 40
+images, modality US; ``bench/quality.py`` reports seed 303), stored in files of their own.
 
 ``search`` walks one profile's thresholds over a grid (``GRID``), one field at a time, keeping a value
 when it lowers the loss over the stored candidates of the seeds given, until no field changes; the loss
@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 from samie_node.config import Settings  # noqa: E402
 from samie_node.engine.automatic import Region, select  # noqa: E402
 from samie_node.engine.models import load_models  # noqa: E402
-from samie_node.engine.structures import span, work_mask  # noqa: E402
+from samie_node.engine.structures import span, structure_score, work_mask  # noqa: E402
 from samie_node.engine.verifier import Verifier, packaged_verifier  # noqa: E402
 from samie_node.engine.weights import litemedsam_sha256  # noqa: E402
 from samie_node.profiles import StructureProfile  # noqa: E402
@@ -94,6 +94,7 @@ def dump(seeds: list[int], out: Path, first_try: bool = False, kinds: tuple[str,
                     "regions": [(np.packbits(r.mask), r.pred_iou, r.stability, r.features, r.score) for r in regions],
                     "refined": [np.packbits(r.mask if r.refined is None else r.refined) for r in regions],
                     "described": [None if r.described is None else r.described.astype(np.float16) for r in regions],
+                    "remeasured": [None if r.remeasured is None else r.remeasured.features for r in regions],
                     "border_level": settings.segmenter.profiles[profile].border_level,
                 }
             )
@@ -128,7 +129,20 @@ def evaluate(images: list[dict[str, Any]], profiles: dict[str, StructureProfile]
         for region in regions:
             if region.features and "span" not in region.features:  # a dump made before the feature existed
                 region.features = {**region.features, "span": span(work_mask(region.mask))}
-        kept = select(regions, profiles[image["profile"]], max_masks, VERIFIER is not None)
+        for region, features in zip(regions, image["remeasured"], strict=True):
+            if features:  # the learned score is the decoded mask's, as in the node (``remeasured``)
+                features = {**features, **{k: v for k, v in region.features.items() if k == "learned"}}
+                region.remeasured = Region(
+                    region.refined,
+                    region.pred_iou,
+                    region.stability,
+                    features,
+                    structure_score(features),
+                    refined=region.refined,
+                )
+        kept = select(
+            regions, profiles[image["profile"]], max_masks, VERIFIER is not None, lambda region: region.remeasured
+        )
         lesions = [_unpack(lesion, shape) for lesion in image["lesions"]]
         scores.append(score_image(image["kind"], [r.refined for r in kept if r.refined is not None], lesions, shape))
     return summarise(scores)
@@ -236,6 +250,8 @@ def _load(out: Path, seed: int, first_try: bool = False) -> list[dict[str, Any]]
         raise SystemExit(f"{path} predates the learned verifier: run `{command}` again")
     if any(features and "edge_fine" not in features for image in images for *_, features, _ in image["regions"]):
         raise SystemExit(f"{path} predates the feature edge_fine: run `{command}` again")
+    if images and "remeasured" not in images[0]:
+        raise SystemExit(f"{path} predates the refined border's measurements: run `{command}` again")
     learned(images, VERIFIER)
     profiles = Settings().segmenter.profiles
     for image in images:

@@ -57,7 +57,9 @@ class StructureProfile(BaseModel):
     max_span: float = Field(default=1.0, gt=0, le=1)
     #: Overlapping kept masks: the better structure stays, unless a larger mask that passes the filter holds
     #: kept ones (each more than 80 % inside it) and scores at least this share of the best of them; then
-    #: it replaces them (a pigmented skin lesion is one lesion, not its darker patches). 1.0: never.
+    #: it replaces them (a pigmented skin lesion is one lesion, not its darker patches). So may a larger mask
+    #: that failed only the border tests and passes measured on its refined border, when the kept ones
+    #: cover less than 30 % of it (``engine/automatic.py``, ``PATCHES``). 1.0: never.
     whole_share: float = Field(default=1.0, gt=0, le=1)
     #: Where a kept mask's border is put, from the ring's mean (0) to the inside's (1): 0.5 is halfway,
     #: where a blurred step edge lies (:func:`samie_node.engine.structures.refine_border`).

@@ -18,10 +18,17 @@ import pytest
 from engine_fixtures import dice, litemedsam_segmenter, read_testdata
 
 from samie_node.config import Settings, load_settings
-from samie_node.engine.automatic import Region, profile_name, refined_mask, select
+from samie_node.engine.automatic import Region, profile_name, refined_mask, remeasured, select
 from samie_node.engine.prepare import prepare_dataset
 from samie_node.engine.sam import SamSegmenter
-from samie_node.engine.structures import distinct, image_maps, passes, structure_features
+from samie_node.engine.structures import (
+    distinct,
+    image_maps,
+    passes,
+    structure_features,
+    structure_score,
+    work_mask,
+)
 from samie_node.profiles import StructureProfile
 from samie_node.testing.phantoms import benchmark_set, first_try_set, noise_only
 from samie_node.testing.quality import (
@@ -127,6 +134,59 @@ def test_on_photographs_a_whole_lesion_replaces_its_patches_that_outscore_it() -
     assert kept(6.0, photograph.model_copy(update={"whole_share": 1.0})) == ["patch 1", "patch 2"]
     assert kept(4.0, photograph) == ["patch 1", "patch 2"]  # under half of the best patch's score
     assert kept(6.0, photograph, [neighbour]) == ["other 0", "patch 1", "patch 2"]
+
+
+def test_on_photographs_a_whole_lesion_measured_on_its_refined_border_replaces_its_patches() -> None:
+    """LiteMedSAM's mask of a lesion with a soft border ran past it: measured as decoded, its border fails
+    (``edge_local`` under the photograph profile's bar, every other test passed), and two patches inside it
+    were kept. Measured again on its refined border it passes and replaces them, as its refined mask; it
+    does not replace a kept region that covers much of it (another mask of the same lesion), a region that
+    fails more than the border is not measured again, and without ``remeasure`` the patches stay."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:256, 0:256]
+    radius = np.hypot(yy - 128, xx - 128)
+    mottled = cv2.GaussianBlur(rng.normal(0, 1, (256, 256)).astype(np.float32), (0, 0), 4)
+    dark = cv2.GaussianBlur((radius <= 50).astype(np.float32), (0, 0), 6) * (1 + 0.5 * mottled / mottled.std())
+    skin, pigment = np.array([205, 160, 140], np.float32), np.array([110, 70, 50], np.float32)
+    image = skin * (1 - dark[..., None]) + pigment * dark[..., None] + rng.normal(0, 3, (256, 256, 1))
+    maps = image_maps(np.clip(image, 0, 255).astype(np.uint8))
+    photograph = Settings().segmenter.profiles["XC"]
+    decoded = radius <= 66  # 16 px past the lesion's edge
+    features = structure_features(work_mask(decoded), maps)
+    assert features is not None
+    assert features["edge_local"] < photograph.min_edge_local  # measured 1.24 against 1.6
+    assert passes(features, photograph, border=False) and not passes(features, photograph)
+    passing = {
+        "area": 0.01, "fg_fraction": 0.01, "fg_share": 1.0, "contrast": 5.0, "z": 20.0, "edge": 4.0,
+        "edge_local": 3.0, "edge_fine": 5.0, "thickness": 0.9, "solidity": 0.95, "edge_share": 0.0,
+        "background_ring": 0.0, "sides": 0.0, "span": 0.2,
+    }  # fmt: skip
+    patches = [np.hypot(yy - 140, xx - 110) <= 10, np.hypot(yy - 115, xx - 145) <= 10]
+    looked_at: list[Region] = []
+
+    def remeasure(region: Region) -> Region | None:
+        looked_at.append(region)
+        return remeasured(region, maps)
+
+    def choose(inside: list[np.ndarray], whole_features: dict[str, float], again: bool = True) -> list[Region]:
+        looked_at.clear()
+        whole = Region(decoded, 0.9, 0.9, dict(whole_features), structure_score(whole_features))
+        regions = [whole] + [Region(m, 0.9, 0.9, dict(passing), 10.0 - i) for i, m in enumerate(inside)]
+        return select(regions, photograph, 8, remeasure=remeasure if again else None)
+
+    chosen = choose(patches, features)
+    assert len(chosen) == 1 and looked_at and looked_at[0].kept  # the decoded whole is marked kept
+    truth = radius <= 50
+    assert dice(chosen[0].mask, truth) > 0.9 and chosen[0].refined is chosen[0].mask
+    assert chosen[0].features["edge_local"] >= photograph.min_edge_local
+    assert dice(decoded, truth) < dice(chosen[0].mask, truth)
+    # without the second look the patches stay
+    assert [r.score for r in choose(patches, features, again=False)] == [10.0, 9.0]
+    # a kept mask covering most of the lesion is not a patch: it stays
+    assert [r.score for r in choose([radius <= 45], features)] == [10.0]
+    # a whole failing more than its border (contrast under the bar) is not measured again
+    faint = {**features, "contrast": photograph.min_contrast - 0.5}
+    assert [r.score for r in choose(patches, faint)] == [10.0, 9.0] and not looked_at
 
 
 def test_a_lesion_s_visibility_is_the_filter_s_contrast_on_its_true_mask() -> None:

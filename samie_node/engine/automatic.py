@@ -9,7 +9,10 @@
    when it passes the modality's :class:`samie_node.profiles.StructureProfile` (with the learned score:
    its ``with_verifier`` thresholds, or its hand ones for a *distinct* region; :func:`keeps`).
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays; with
-   the profile's ``whole_share`` (photographs) a larger passing mask replaces the kept ones inside it.
+   the profile's ``whole_share`` (photographs) a larger passing mask replaces the kept ones inside it. A
+   mask that fails only the border tests (LiteMedSAM's mask ran past a soft edge) is measured again on its
+   refined border (:func:`remeasured`); passing there, it may replace kept patches that cover less than
+   ``PATCHES`` of it, and nothing else.
 5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
    ring and its inside (halfway, or nearer the inside for ultrasound;
    :func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
@@ -20,7 +23,7 @@ none) the image decides: colour -> the photograph profile, speckle -> ultrasound
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,6 +68,9 @@ REPROMPT_SKIP_IOU = 0.9
 #: Overlap resolution between kept masks.
 MASK_NMS = 0.5
 CONTAINED = 0.8
+#: A mask kept only after its border was refined (step 4) replaces kept masks that cover less than this
+#: share of it together: patches of a lesion, not another mask of the whole lesion.
+PATCHES = 0.3
 
 #: DICOM Modality -> profile name, for modalities whose profile is not named after themselves.
 MODALITY_PROFILES = {"IVUS": "US", "ES": "XC", "SM": "XC", "GM": "XC"}
@@ -100,6 +106,9 @@ class Region:
     refined: np.ndarray | None = None
     #: The mask's description on the image embedding (:attr:`Embedded.describe`), when one was given.
     described: np.ndarray | None = None
+    #: The same candidate measured on its refined border (:func:`remeasured`), filled in by
+    #: :func:`explain_regions`.
+    remeasured: Region | None = None
 
 
 def _decoded_regions(
@@ -157,29 +166,40 @@ def _shares(first: Region, second: Region) -> _Shares:
     return _Shares(inter / max(1, union), inter / max(1, first_area), inter / max(1, second_area))
 
 
-def keeps(region: Region, profile: StructureProfile, verified: StructureProfile | None = None) -> bool:
+def keeps(
+    region: Region, profile: StructureProfile, verified: StructureProfile | None = None, border: bool = True
+) -> bool:
     """The structure filter for one decoded mask. With a verifier (``verified``: the profile's
     ``with_verifier`` thresholds, :meth:`~samie_node.profiles.StructureProfile.verified`) a mask stays when
     it passes those, the learned score included, or when it is *distinct* and passes the hand thresholds:
     the verifier, trained on generated images, judges the regions the hand measurements cannot, and does
-    not overrule a region that stands out clearly."""
+    not overrule a region that stands out clearly. Without ``border`` the border tests are left out."""
     features = region.features
-    by_hand = passes(features, profile, region.pred_iou, region.stability)
+    by_hand = passes(features, profile, region.pred_iou, region.stability, border=border)
     if verified is None:
         return by_hand
-    return passes(features, verified, region.pred_iou, region.stability) or (by_hand and distinct(features, profile))
+    return passes(features, verified, region.pred_iou, region.stability, border=border) or (
+        by_hand and distinct(features, profile)
+    )
 
 
 def select(
-    regions: list[Region], profile: StructureProfile, max_regions: int, with_verifier: bool = False
+    regions: list[Region],
+    profile: StructureProfile,
+    max_regions: int,
+    with_verifier: bool = False,
+    remeasure: Callable[[Region], Region | None] | None = None,
 ) -> list[Region]:
     """The structure filter (:func:`keeps`; ``with_verifier`` when the regions carry the learned score),
     then overlap resolution (the better structure stays; with the profile's ``whole_share`` a larger passing
-    region may replace the kept ones inside it: :func:`_wholes`); marks ``kept`` and returns the kept, best
-    first."""
+    region may replace the kept ones inside it: :func:`_wholes`; so may a region that failed only the border
+    tests and passes measured on its refined border, ``remeasure``, when those it replaces are patches of
+    it); marks ``kept`` and returns the kept, best first. A region kept measured again is returned as that
+    version (its ``refined`` mask), and its decoded one is marked ``kept``."""
     verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
         region.kept = keeps(region, profile, verified)
+    border_only = [r for r in regions if not r.kept and keeps(r, profile, verified, border=False)]
     passing = sorted((r for r in regions if r.kept), key=lambda r: -r.score)
     kept: list[Region] = []
     for region in passing:
@@ -188,19 +208,38 @@ def select(
             continue
         kept.append(region)
     if profile.whole_share < 1.0:
-        kept = _wholes(passing, kept, profile.whole_share)
+        second = _second_looks(border_only, remeasure, profile, verified) if remeasure is not None else []
+        wholes = sorted(passing + [again for again, _ in second], key=lambda r: -r.score)
+        kept = _wholes(wholes, kept, profile.whole_share, {id(again) for again, _ in second})
+        for again, region in second:
+            region.kept = again.kept
     return kept
 
 
-def _wholes(passing: list[Region], kept: list[Region], share: float) -> list[Region]:
+def _second_looks(
+    regions: list[Region],
+    remeasure: Callable[[Region], Region | None],
+    profile: StructureProfile,
+    verified: StructureProfile | None,
+) -> list[tuple[Region, Region]]:
+    """Each of ``regions`` (they failed only the border tests) that passes measured on its refined border:
+    (that version, the decoded region)."""
+    looks = [(remeasure(region), region) for region in regions]
+    return [(again, region) for again, region in looks if again is not None and keeps(again, profile, verified)]
+
+
+def _wholes(passing: list[Region], kept: list[Region], share: float, patched: Set[int] = frozenset()) -> list[Region]:
     """``kept`` with each passing region that was dropped for overlapping only kept regions that lie inside
-    it, and that scores at least ``share`` of the best of them, in their place (best first)."""
+    it, and that scores at least ``share`` of the best of them, in their place (best first). A region whose
+    id is in ``patched`` replaces them only when they cover less than ``PATCHES`` of it together."""
     for region in passing:
         if region.kept:
             continue
         shares = {id(other): _shares(region, other) for other in kept}
         parts = [other for other in kept if shares[id(other)].overlapping]
         if not parts or any(shares[id(part)].second_inside <= CONTAINED for part in parts):
+            continue
+        if id(region) in patched and sum(shares[id(part)].first_inside for part in parts) >= PATCHES:
             continue
         if region.score >= share * max(part.score for part in parts):
             for part in parts:
@@ -238,16 +277,30 @@ def candidate_regions(
     return _decoded_regions((height, width), maps, boxes, decode, profile, embedded)
 
 
+def remeasured(region: Region, maps: Maps, level: float = 0.5) -> Region | None:
+    """``region`` measured again on its refined border (:func:`refined_mask`), for a mask that ran past a
+    soft edge (step 4); its ``learned`` score is the decoded mask's. None when it measures nothing."""
+    refined = region.refined if region.refined is not None else refined_mask(region.mask, maps, level)
+    features = structure_features(maps.to_work(refined), maps)
+    if not features:
+        return None
+    if "learned" in region.features:
+        features["learned"] = region.features["learned"]
+    return Region(refined, region.pred_iou, region.stability, features, structure_score(features), refined=refined)
+
+
 def explain_regions(
     image: np.ndarray, decode: Decoder, profile: StructureProfile, max_regions: int, embedded: Embedded | None = None
 ) -> list[Region]:
     """Every decoded candidate of ``image`` with its measurements, marked ``kept`` or not, and each one's
-    refined mask, so a replay with other thresholds has them (for benchmarks)."""
+    refined mask and its measurements there (``remeasured``), so a replay with other thresholds has them
+    (for benchmarks)."""
     maps = image_maps(image)
     regions = candidate_regions(image, decode, profile, maps, embedded)
-    select(regions, profile, max_regions, _verifying(embedded))
     for region in regions:
         region.refined = refined_mask(region.mask, maps, profile.border_level)
+        region.remeasured = remeasured(region, maps) if region.features else None
+    select(regions, profile, max_regions, _verifying(embedded), lambda region: region.remeasured)
     return regions
 
 
@@ -262,11 +315,17 @@ def find_structures(
     """The structures in ``image``: decoded masks that pass the structure filter, best first, their borders
     refined."""
     maps = image_maps(image)
-    kept = select(candidate_regions(image, decode, profile, maps, embedded), profile, max_regions, _verifying(embedded))
+    regions = candidate_regions(image, decode, profile, maps, embedded)
+
+    def remeasure(region: Region) -> Region | None:
+        return remeasured(region, maps, profile.border_level)
+
+    kept = select(regions, profile, max_regions, _verifying(embedded), remeasure)
     if not kept:
         return MaskSet.empty(*image.shape[:2])
+    level = profile.border_level
     return MaskSet(
-        masks=np.stack([refined_mask(r.mask, maps, profile.border_level) for r in kept]),
+        masks=np.stack([r.refined if r.refined is not None else refined_mask(r.mask, maps, level) for r in kept]),
         predicted_iou=np.asarray([r.pred_iou for r in kept], np.float32),
         stability_score=np.asarray([r.stability for r in kept], np.float32),
     )

@@ -407,11 +407,14 @@ def passes(
     stability: float = 1.0,
     *,
     candidate: bool = False,
+    border: bool = True,
 ) -> bool:
-    """The structure filter; ``candidate`` applies the looser gate of proposals (before decoding)."""
+    """The structure filter; ``candidate`` applies the looser gate of proposals (before decoding); without
+    ``border`` the three border tests (``edge``, ``edge_local``, ``edge_fine``) are left out."""
     if not features:
         return False
     strict = not candidate
+    edges = (features["edge"], features["edge_local"], features["edge_fine"]) if border else (np.inf,) * 3
     clear = strict and distinct(features, profile)
     min_pred_iou = min(profile.min_pred_iou, profile.distinct_min_pred_iou) if clear else profile.min_pred_iou
     min_stability = min(profile.min_stability, profile.distinct_min_stability) if clear else profile.min_stability
@@ -420,9 +423,9 @@ def passes(
         and features["fg_fraction"] <= profile.max_area_fraction
         and features["contrast"] >= (profile.min_contrast if strict else CANDIDATE_MIN_CONTRAST)
         and features["z"] >= (profile.min_z if strict else 0.0)
-        and features["edge"] >= (profile.min_edge if strict else CANDIDATE_MIN_EDGE)
-        and features["edge_local"] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
-        and features["edge_fine"] >= (profile.min_edge_fine if strict else 0.0)
+        and edges[0] >= (profile.min_edge if strict else CANDIDATE_MIN_EDGE)
+        and edges[1] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
+        and edges[2] >= (profile.min_edge_fine if strict else 0.0)
         and features["thickness"] >= (profile.min_thickness if strict else 0.0)
         and (not strict or clear or features["thickness"] >= profile.elongated_thickness)
         and features["solidity"] >= (profile.min_solidity if strict else 0.0)
