@@ -199,7 +199,6 @@ def select(
     verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
         region.kept = keeps(region, profile, verified)
-    border_only = [r for r in regions if not r.kept and keeps(r, profile, verified, border=False)]
     passing = sorted((r for r in regions if r.kept), key=lambda r: -r.score)
     kept: list[Region] = []
     for region in passing:
@@ -208,6 +207,8 @@ def select(
             continue
         kept.append(region)
     if profile.whole_share < 1.0:
+        passed = {id(r) for r in passing}
+        border_only = [r for r in regions if id(r) not in passed and keeps(r, profile, verified, border=False)]
         second = _second_looks(border_only, remeasure, profile, verified) if remeasure is not None else []
         wholes = sorted(passing + [again for again, _ in second], key=lambda r: -r.score)
         kept = _wholes(wholes, kept, profile.whole_share, {id(again) for again, _ in second})
