@@ -45,6 +45,12 @@ class StructureProfile(BaseModel):
     #: (:mod:`samie_node.engine.verifier`); 0.0: not asked. Only weights with a packaged verifier (the
     #: packaged LiteMedSAM) have the score; with others the hand thresholds decide alone.
     min_learned: float = Field(default=0.0, ge=0, le=1)
+    #: A region whose learned score is more than this is one the verifier is *sure* of: it may be thinner
+    #: than ``elongated_thickness`` (distinct or not), and it needs only ``sure_z_share`` of ``min_z``
+    #: (a faint mass on coarse speckle has few independent samples). LiteMedSAM's own scores are asked as
+    #: for any region. 1.0: no such rule.
+    sure_learned: float = Field(default=1.0, ge=0, le=1)
+    sure_z_share: float = Field(default=1.0, gt=0, le=1)
     #: Thresholds that replace the ones above when the segmenter has a verifier for its weights (usually
     #: ``min_learned`` and hand thresholds lowered, since the verifier drops what they let through); a
     #: distinct region that passes the hand thresholds is kept too (:func:`samie_node.engine.automatic.keeps`).
@@ -103,6 +109,8 @@ def default_profiles() -> dict[str, StructureProfile]:
                 "min_pred_iou": 0.65,
                 "min_stability": 0.5,
                 "min_area_fraction": 0.006,
+                "sure_learned": 0.9,
+                "sure_z_share": 0.8,
             },
         ),
         "XC": StructureProfile(

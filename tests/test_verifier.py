@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_fixtures import litemedsam_segmenter
+from engine_fixtures import dice, litemedsam_segmenter
 
 from samie_node.config import Settings, load_settings
 from samie_node.engine.automatic import Region, keeps, select
@@ -110,6 +110,51 @@ def test_min_learned_asks_for_the_learned_score_and_a_distinct_region_needs_only
     assert lite.verifier is not None  # the packaged LiteMedSAM scores its candidates (the regions carry it)
     with pytest.raises(ValueError, match="with_verifier"):
         hand.model_validate({**hand.model_dump(), "with_verifier": {"min_contast": 2.0}})
+
+
+def test_a_region_the_verifier_is_sure_of_may_be_thin_or_faint_and_one_it_doubts_may_not(lite: SamSegmenter) -> None:
+    """With the verifier, ultrasound asks less of a region whose learned score is more than
+    ``sure_learned``: it may be thinner than ``elongated_thickness`` (a layer's piece is thin, so by hand
+    only a distinct region may be), and it needs only ``sure_z_share`` of ``min_z``. The real model on tune
+    seed 16's last mass (an ellipse of about 3.4 : 1, contrast 4.8 but ``z`` 6.6, so not distinct): found
+    with the rule, missed without it."""
+    hand = Settings().segmenter.profiles["US"]
+    verified = hand.verified()
+    assert hand.sure_learned == 1.0 and verified.sure_learned < 1.0 and verified.sure_z_share < 1.0
+    plain = {
+        "area": 0.05, "fg_fraction": 0.05, "fg_share": 1.0, "contrast": 3.5, "z": 6.5, "edge": 3.0,
+        "edge_local": 3.0, "edge_fine": 3.0, "thickness": 0.8, "solidity": 0.95, "edge_share": 0.0,
+        "background_ring": 0.0, "sides": 0.0, "span": 0.3,
+    }  # fmt: skip
+    sure, doubted = verified.sure_learned + 0.05, verified.sure_learned  # "more than"
+    thin = {**plain, "thickness": 0.55}
+    assert verified.min_thickness <= thin["thickness"] < verified.elongated_thickness
+    assert passes({**thin, "learned": sure}, verified)
+    assert not passes({**thin, "learned": doubted}, verified)
+    assert not passes({**thin, "learned": sure}, hand)  # by hand a thin region must be distinct
+    assert not passes({**thin, "learned": sure, "thickness": verified.min_thickness - 0.01}, verified)  # a sliver
+    faint = {**plain, "z": 0.9 * verified.min_z}
+    assert verified.sure_z_share * verified.min_z <= faint["z"] < verified.min_z
+    assert passes({**faint, "learned": sure}, verified) and not passes({**faint, "learned": doubted}, verified)
+    fainter = {**plain, "z": 0.95 * verified.sure_z_share * verified.min_z, "learned": 1.0}
+    assert not passes(fainter, verified)
+    low_iou = verified.min_pred_iou - 0.01  # LiteMedSAM's own scores are asked as for any region
+    assert passes({**plain, "learned": sure}, verified, verified.min_pred_iou, 0.9)
+    assert not passes({**plain, "learned": 1.0}, verified, low_iou, 0.9)
+    never = verified.model_copy(update={"sure_learned": 1.0})
+    assert not passes({**thin, "learned": 1.0}, never) and not passes({**faint, "learned": 1.0}, never)
+
+    mass = benchmark_set(16, per_kind=12, negatives_per_kind=2, controls=0, kinds=("us_mass",))[11]
+    (truth,) = mass.lesions
+    masks = list(lite.segment([mass.image], modalities=["US"])[0].masks)
+    assert masks and max(dice(m, truth) for m in masks) >= 0.85
+    _, regions = lite.explain(mass.image, "US")
+    found = [r for r in regions if r.kept and dice(r.mask, truth) >= 0.8]
+    assert found and all(r.features["thickness"] < verified.elongated_thickness for r in found)
+    assert all(r.features["learned"] > verified.sure_learned for r in found)
+    without = hand.model_copy(update={"with_verifier": {**hand.with_verifier, "sure_learned": 1.0}})
+    kept = select(regions, without, 8, with_verifier=True)
+    assert not any(dice(r.mask, truth) >= 0.5 for r in kept)  # measured: nothing kept on it without the rule
 
 
 def test_on_unseen_ultrasound_the_verifier_scores_lesions_above_background(lite: SamSegmenter) -> None:

@@ -416,18 +416,20 @@ def passes(
     strict = not candidate
     edges = (features["edge"], features["edge_local"], features["edge_fine"]) if border else (np.inf,) * 3
     clear = strict and distinct(features, profile)
+    sure = strict and features.get("learned", 0.0) > profile.sure_learned
+    min_z = profile.sure_z_share * profile.min_z if sure else profile.min_z
     min_pred_iou = min(profile.min_pred_iou, profile.distinct_min_pred_iou) if clear else profile.min_pred_iou
     min_stability = min(profile.min_stability, profile.distinct_min_stability) if clear else profile.min_stability
     return bool(
         features["area"] >= profile.min_area_fraction
         and features["fg_fraction"] <= profile.max_area_fraction
         and features["contrast"] >= (profile.min_contrast if strict else CANDIDATE_MIN_CONTRAST)
-        and features["z"] >= (profile.min_z if strict else 0.0)
+        and features["z"] >= (min_z if strict else 0.0)
         and edges[0] >= (profile.min_edge if strict else CANDIDATE_MIN_EDGE)
         and edges[1] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
         and edges[2] >= (profile.min_edge_fine if strict else 0.0)
         and features["thickness"] >= (profile.min_thickness if strict else 0.0)
-        and (not strict or clear or features["thickness"] >= profile.elongated_thickness)
+        and (not strict or clear or features["thickness"] >= profile.elongated_thickness or sure)
         and features["solidity"] >= (profile.min_solidity if strict else 0.0)
         and features["fg_share"] >= MIN_FOREGROUND_SHARE
         and features["edge_share"] <= MAX_EDGE_SHARE
