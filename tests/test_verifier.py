@@ -157,6 +157,34 @@ def test_a_region_the_verifier_is_sure_of_may_be_thin_or_faint_and_one_it_doubts
     assert not any(dice(r.mask, truth) >= 0.5 for r in kept)  # measured: nothing kept on it without the rule
 
 
+def test_a_region_kept_only_because_the_verifier_is_sure_fills_a_place_and_takes_none() -> None:
+    """Overlap resolution: a region that passes only through ``sure_learned`` (here its ``z`` is under
+    ``min_z``) does not displace an overlapping region that passes without it, even when it outscores it;
+    where nothing else is kept it stays, and the kept come back best first."""
+    hand = Settings().segmenter.profiles["US"]
+    verified = hand.verified()
+    plain = {
+        "area": 0.05, "fg_fraction": 0.05, "fg_share": 1.0, "contrast": 3.5, "z": 6.5, "edge": 3.0,
+        "edge_local": 3.0, "edge_fine": 3.0, "thickness": 0.8, "solidity": 0.95, "edge_share": 0.0,
+        "background_ring": 0.0, "sides": 0.0, "span": 0.3, "learned": 0.95,
+    }  # fmt: skip
+
+    def region(rows: slice, cols: slice, score: float, **changed: float) -> Region:
+        mask = np.zeros((64, 64), bool)
+        mask[rows, cols] = True
+        return Region(mask, 0.9, 0.9, {**plain, **changed}, score)
+
+    found = region(slice(10, 30), slice(10, 30), 3.6)
+    surer = region(slice(12, 32), slice(12, 32), 3.9, z=0.9 * verified.min_z, learned=1.0)  # IoU 0.68
+    alone = region(slice(40, 60), slice(40, 60), 5.0, z=0.9 * verified.min_z, learned=1.0)
+    assert keeps(found, hand, verified) and keeps(surer, hand, verified) and keeps(alone, hand, verified)
+    kept = select([found, surer, alone], hand, 8, with_verifier=True)
+    assert [id(r) for r in kept] == [id(alone), id(found)]  # best first; surer did not take found's place
+    assert not surer.kept
+    only_sure = select([found, surer], hand.model_copy(update={"with_verifier": {}}), 8, with_verifier=True)
+    assert [id(r) for r in only_sure] == [id(found)]  # by hand surer fails z outright
+
+
 def test_on_unseen_ultrasound_the_verifier_scores_lesions_above_background(lite: SamSegmenter) -> None:
     """Seed 31 (the verifier was trained on seeds 1-5 and 1001-1030): every candidate mask of six generated
     ultrasound masses, labelled by the truth as the training labels are. The learned score ranks a lesion's

@@ -8,8 +8,10 @@
    scored on LiteMedSAM's own embedding (:mod:`samie_node.engine.verifier`: ``learned``); it is kept only
    when it passes the modality's :class:`samie_node.profiles.StructureProfile` (with the learned score:
    its ``with_verifier`` thresholds, or its hand ones for a *distinct* region; :func:`keeps`).
-4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays; with
-   the profile's ``whole_share`` (photographs) a larger passing mask replaces the kept ones inside it. A
+4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays (a
+   mask kept only because the verifier is sure of it, the profile's ``sure_learned``, comes after every
+   other: it fills a place, it takes none); with the profile's ``whole_share`` (photographs) a larger
+   passing mask replaces the kept ones inside it. A
    mask that fails only the border tests (LiteMedSAM's mask ran past a soft edge) is measured again on its
    refined border (:func:`remeasured`); passing there, it may replace kept patches that cover less than
    ``PATCHES`` of it, and nothing else.
@@ -191,7 +193,8 @@ def select(
     remeasure: Callable[[Region], Region | None] | None = None,
 ) -> list[Region]:
     """The structure filter (:func:`keeps`; ``with_verifier`` when the regions carry the learned score),
-    then overlap resolution (the better structure stays; with the profile's ``whole_share`` a larger passing
+    then overlap resolution (the better structure stays, a region kept only because the verifier is sure of
+    it after every other one: :func:`_only_when_sure`; with the profile's ``whole_share`` a larger passing
     region may replace the kept ones inside it: :func:`_wholes`; so may a region that failed only the border
     tests and passes measured on its refined border, ``remeasure``, when those it replaces are patches of
     it); marks ``kept`` and returns the kept, best first. A region kept measured again is returned as that
@@ -199,13 +202,15 @@ def select(
     verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
         region.kept = keeps(region, profile, verified)
-    passing = sorted((r for r in regions if r.kept), key=lambda r: -r.score)
+    unsure = {id(r) for r in regions if r.kept and _only_when_sure(r, profile, verified)}
+    passing = sorted((r for r in regions if r.kept), key=lambda r: (id(r) in unsure, -r.score))
     kept: list[Region] = []
     for region in passing:
         if any(_shares(region, other).overlapping for other in kept) or len(kept) == max_regions:
             region.kept = False
             continue
         kept.append(region)
+    kept.sort(key=lambda r: -r.score)
     if profile.whole_share < 1.0:
         passed = {id(r) for r in passing}
         border_only = [r for r in regions if id(r) not in passed and keeps(r, profile, verified, border=False)]
@@ -215,6 +220,14 @@ def select(
         for again, region in second:
             region.kept = again.kept
     return kept
+
+
+def _only_when_sure(region: Region, profile: StructureProfile, verified: StructureProfile | None) -> bool:
+    """``region`` passes only because the verifier is sure of it (the profile's ``sure_learned``): it may
+    fill a place no other kept region holds, never take one (step 4)."""
+    if verified is None or verified.sure_learned >= 1.0:
+        return False
+    return not keeps(region, profile, verified.model_copy(update={"sure_learned": 1.0}))
 
 
 def _second_looks(
