@@ -11,10 +11,9 @@
 4. Of masks that overlap (IoU above 0.5, or one 80 % inside another), the better structure stays (a
    mask kept only because the verifier is sure of it, the profile's ``sure_learned``, comes after every
    other: it fills a place, it takes none); with the profile's ``whole_share`` (photographs) a larger
-   passing mask replaces the kept ones inside it. A
-   mask that fails only the border tests (LiteMedSAM's mask ran past a soft edge) is measured again on its
-   refined border (:func:`remeasured`); passing there, it may replace kept patches that cover less than
-   ``PATCHES`` of it, and nothing else.
+   passing mask replaces the kept ones inside it. A mask that fails only the border tests (LiteMedSAM's
+   mask ran past a soft edge) is measured again on its refined border (:func:`remeasured`); passing there,
+   it may replace kept patches that cover less than ``PATCHES`` of it, and nothing else.
 5. Each kept mask's border is moved onto the image's edge, at the profile's ``border_level`` between its
    ring and its inside (halfway, or nearer the inside for ultrasound;
    :func:`samie_node.engine.structures.refine_border`): LiteMedSAM's masks run over soft edges.
@@ -169,18 +168,23 @@ def _shares(first: Region, second: Region) -> _Shares:
 
 
 def keeps(
-    region: Region, profile: StructureProfile, verified: StructureProfile | None = None, border: bool = True
+    region: Region,
+    profile: StructureProfile,
+    verified: StructureProfile | None = None,
+    border: bool = True,
+    sure: bool = True,
 ) -> bool:
     """The structure filter for one decoded mask. With a verifier (``verified``: the profile's
     ``with_verifier`` thresholds, :meth:`~samie_node.profiles.StructureProfile.verified`) a mask stays when
     it passes those, the learned score included, or when it is *distinct* and passes the hand thresholds:
     the verifier, trained on generated images, judges the regions the hand measurements cannot, and does
-    not overrule a region that stands out clearly. Without ``border`` the border tests are left out."""
+    not overrule a region that stands out clearly. Without ``border`` the border tests are left out; without
+    ``sure`` the ``sure_learned`` rule is."""
     features = region.features
-    by_hand = passes(features, profile, region.pred_iou, region.stability, border=border)
+    by_hand = passes(features, profile, region.pred_iou, region.stability, border=border, sure=sure)
     if verified is None:
         return by_hand
-    return passes(features, verified, region.pred_iou, region.stability, border=border) or (
+    return passes(features, verified, region.pred_iou, region.stability, border=border, sure=sure) or (
         by_hand and distinct(features, profile)
     )
 
@@ -193,16 +197,17 @@ def select(
     remeasure: Callable[[Region], Region | None] | None = None,
 ) -> list[Region]:
     """The structure filter (:func:`keeps`; ``with_verifier`` when the regions carry the learned score),
-    then overlap resolution (the better structure stays, a region kept only because the verifier is sure of
-    it after every other one: :func:`_only_when_sure`; with the profile's ``whole_share`` a larger passing
-    region may replace the kept ones inside it: :func:`_wholes`; so may a region that failed only the border
-    tests and passes measured on its refined border, ``remeasure``, when those it replaces are patches of
-    it); marks ``kept`` and returns the kept, best first. A region kept measured again is returned as that
-    version (its ``refined`` mask), and its decoded one is marked ``kept``."""
+    then overlap resolution (the better structure stays; a region kept only because the verifier is sure of
+    it, the profile's ``sure_learned``, comes after every other one: it fills a place, it takes none; with
+    the profile's ``whole_share`` a larger passing region may replace the kept ones inside it:
+    :func:`_wholes`; so may a region that failed only the border tests and passes measured on its refined
+    border, ``remeasure``, when those it replaces are patches of it); marks ``kept`` and returns the kept,
+    best first. A region kept measured again is returned as that version (its ``refined`` mask), and its
+    decoded one is marked ``kept``."""
     verified = profile.verified() if with_verifier and profile.with_verifier else None
     for region in regions:
         region.kept = keeps(region, profile, verified)
-    unsure = {id(r) for r in regions if r.kept and _only_when_sure(r, profile, verified)}
+    unsure = {id(r) for r in regions if r.kept and not keeps(r, profile, verified, sure=False)}
     passing = sorted((r for r in regions if r.kept), key=lambda r: (id(r) in unsure, -r.score))
     kept: list[Region] = []
     for region in passing:
@@ -220,14 +225,6 @@ def select(
         for again, region in second:
             region.kept = again.kept
     return kept
-
-
-def _only_when_sure(region: Region, profile: StructureProfile, verified: StructureProfile | None) -> bool:
-    """``region`` passes only because the verifier is sure of it (the profile's ``sure_learned``): it may
-    fill a place no other kept region holds, never take one (step 4)."""
-    if verified is None or verified.sure_learned >= 1.0:
-        return False
-    return not keeps(region, profile, verified.model_copy(update={"sure_learned": 1.0}))
 
 
 def _second_looks(

@@ -408,15 +408,17 @@ def passes(
     *,
     candidate: bool = False,
     border: bool = True,
+    sure: bool = True,
 ) -> bool:
     """The structure filter; ``candidate`` applies the looser gate of proposals (before decoding); without
-    ``border`` the three border tests (``edge``, ``edge_local``, ``edge_fine``) are left out."""
+    ``border`` the three border tests (``edge``, ``edge_local``, ``edge_fine``) are left out; without
+    ``sure`` a region the verifier is sure of (the profile's ``sure_learned``) gets nothing for it."""
     if not features:
         return False
     strict = not candidate
     edges = (features["edge"], features["edge_local"], features["edge_fine"]) if border else (np.inf,) * 3
     clear = strict and distinct(features, profile)
-    sure = strict and features.get("learned", 0.0) > profile.sure_learned
+    sure = sure and strict and features.get("learned", 0.0) > profile.sure_learned
     min_z = profile.sure_z_share * profile.min_z if sure else profile.min_z
     min_pred_iou = min(profile.min_pred_iou, profile.distinct_min_pred_iou) if clear else profile.min_pred_iou
     min_stability = min(profile.min_stability, profile.distinct_min_stability) if clear else profile.min_stability
