@@ -118,7 +118,7 @@ def default_profiles() -> dict[str, StructureProfile]:
         ),
         "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
         "CT": StructureProfile(min_contrast=2.8, min_z=5.5, min_edge_fine=2.5, min_stability=0.7),
-        "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_z=6.0),
+        "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_edge_fine=2.0, min_z=6.0),
         "default": StructureProfile(
             min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_edge_fine=2.5, min_z=8.0, min_area_fraction=0.003
         ),
