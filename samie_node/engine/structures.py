@@ -418,8 +418,8 @@ def passes(
     strict = not candidate
     edges = (features["edge"], features["edge_local"], features["edge_fine"]) if border else (np.inf,) * 3
     clear = strict and distinct(features, profile)
-    sure = sure and strict and features.get("learned", 0.0) > profile.sure_learned
-    min_z = profile.sure_z_share * profile.min_z if sure else profile.min_z
+    trusted = sure and strict and features.get("learned", 0.0) > profile.sure_learned
+    min_z = profile.sure_z_share * profile.min_z if trusted else profile.min_z
     min_pred_iou = min(profile.min_pred_iou, profile.distinct_min_pred_iou) if clear else profile.min_pred_iou
     min_stability = min(profile.min_stability, profile.distinct_min_stability) if clear else profile.min_stability
     return bool(
@@ -431,7 +431,7 @@ def passes(
         and edges[1] >= (profile.min_edge_local if strict else CANDIDATE_MIN_EDGE)
         and edges[2] >= (profile.min_edge_fine if strict else 0.0)
         and features["thickness"] >= (profile.min_thickness if strict else 0.0)
-        and (not strict or clear or features["thickness"] >= profile.elongated_thickness or sure)
+        and (not strict or clear or features["thickness"] >= profile.elongated_thickness or trusted)
         and features["solidity"] >= (profile.min_solidity if strict else 0.0)
         and features["fg_share"] >= MIN_FOREGROUND_SHARE
         and features["edge_share"] <= MAX_EDGE_SHARE
