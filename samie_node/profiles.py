@@ -41,6 +41,11 @@ class StructureProfile(BaseModel):
     #: ``min_stability``): the model scores some plainly visible masses on speckle low. 1.0: no such rule.
     distinct_min_pred_iou: float = Field(default=1.0, ge=0, le=1)
     distinct_min_stability: float = Field(default=1.0, ge=0, le=1)
+    #: A *stark* region stands out from its ring by at least this ``contrast``, with ``z`` at least twice
+    #: ``min_z``: it needs none of the border tests (``edge``, ``edge_local``, ``edge_fine``). A hypodense
+    #: lesion on noisy CT has a step no larger, at the scale it is measured at, than the soft tissue's smooth
+    #: swells, yet stands out far more than they do. 0.0: no such rule.
+    stark_contrast: float = Field(default=0.0, ge=0)
     #: The probability of being a lesion that the learned verifier on LiteMedSAM's embedding must give
     #: (:mod:`samie_node.engine.verifier`); 0.0: not asked. Only weights with a packaged verifier (the
     #: packaged LiteMedSAM) have the score; with others the hand thresholds decide alone.
@@ -117,7 +122,7 @@ def default_profiles() -> dict[str, StructureProfile]:
             min_contrast=2.8, min_edge=2.1, min_edge_local=1.6, min_z=0.0, min_area_fraction=0.005, whole_share=0.5
         ),
         "OP": StructureProfile(min_contrast=3.5, min_edge_local=2.2, min_z=6.0, min_area_fraction=0.005),
-        "CT": StructureProfile(min_contrast=2.8, min_z=5.5, min_edge_fine=2.5, min_stability=0.7),
+        "CT": StructureProfile(min_contrast=2.8, min_z=5.5, min_edge_fine=2.5, min_stability=0.7, stark_contrast=5.5),
         "MR": StructureProfile(min_contrast=3.5, min_edge_local=1.8, min_edge_fine=2.0, min_z=6.0),
         "default": StructureProfile(
             min_contrast=4.0, min_edge=1.7, min_edge_local=1.8, min_edge_fine=2.5, min_z=8.0, min_area_fraction=0.003

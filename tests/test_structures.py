@@ -25,6 +25,7 @@ from samie_node.engine.structures import (
     distinct,
     image_maps,
     passes,
+    stark,
     structure_features,
     structure_score,
     work_mask,
@@ -99,6 +100,32 @@ def test_a_smooth_swell_has_no_step_border_and_a_disc_has_one() -> None:
     without = profile.model_copy(update={"min_edge_fine": 0.0, "min_edge_local": 0.9 * swell["edge_local"]})
     assert passes(swell, without)
     assert not passes(swell, without.model_copy(update={"min_edge_fine": profile.min_edge_fine}))
+
+
+def test_a_stark_ct_lesion_needs_no_border_test_and_a_swell_still_does(lite: SamSegmenter) -> None:
+    """CT's ``stark_contrast``: on a generated CT slice of tune seed 24 a hypodense lesion stands out from
+    its ring far more than any swell of tissue (contrast about 7), but its coarse-scale border gradient is
+    no more than the image's typical one (``edge`` about 0.96, CT asks 1.0). With the rule a kept region
+    outlines it; without it, nothing is kept there. A made-up swell (contrast 4.7, ``z`` 8, the starkest
+    region outside every lesion of the tune seeds) still needs the border tests."""
+    profile = Settings().segmenter.profiles["CT"]
+    assert profile.stark_contrast > 0
+    phantom = [p for p in benchmark_set(24, 12, 2, 6) if p.kind == "ct_structure"][4]
+    lesion = phantom.lesions[1]
+    name, regions = lite.explain(phantom.image, "CT")
+    assert name == "CT"
+
+    def on_lesion(kept: list[Region]) -> list[Region]:
+        return [r for r in kept if dice(r.refined if r.refined is not None else r.mask, lesion) >= 0.8]
+
+    found = on_lesion([r for r in regions if r.kept])
+    assert found and all(stark(r.features, profile) and r.features["edge"] < profile.min_edge for r in found)
+    without = profile.model_copy(update={"stark_contrast": 0.0})
+    assert not on_lesion(select(regions, without, Settings().segmenter.max_masks))
+
+    swell = {**found[0].features, "contrast": 4.7, "z": 8.0, "edge": 1.37, "edge_local": 1.23, "edge_fine": 1.61}
+    assert not stark(swell, profile) and not passes(swell, profile)
+    assert passes(swell, profile, border=False)
 
 
 def test_on_photographs_a_whole_lesion_replaces_its_patches_that_outscore_it() -> None:

@@ -400,6 +400,12 @@ def distinct(features: dict[str, float], profile: StructureProfile) -> bool:
     return features["contrast"] >= profile.distinct_contrast and features["z"] >= profile.distinct_z
 
 
+def stark(features: dict[str, float], profile: StructureProfile) -> bool:
+    """The region stands out so far (the profile's ``stark_contrast``, and ``z`` at least twice ``min_z``)
+    that the border tests are not asked."""
+    return 0.0 < profile.stark_contrast <= features["contrast"] and features["z"] >= 2.0 * profile.min_z
+
+
 def passes(
     features: dict[str, float] | None,
     profile: StructureProfile,
@@ -416,6 +422,7 @@ def passes(
     if not features:
         return False
     strict = not candidate
+    border = border and not stark(features, profile)
     edges = (features["edge"], features["edge_local"], features["edge_fine"]) if border else (np.inf,) * 3
     clear = strict and distinct(features, profile)
     trusted = sure and strict and features.get("learned", 0.0) > profile.sure_learned
