@@ -24,7 +24,8 @@ shape
 
 The thresholds live in :class:`samie_node.config.StructureProfile`, one per modality family. A region
 that stands out clearly (:func:`distinct`: high contrast and ``z`` together) may be elongated and needs less
-of LiteMedSAM's own scores, where a profile says so (ultrasound).
+of LiteMedSAM's own scores, where a profile says so (ultrasound); one that stands out far more
+(:func:`stark`, CT) needs none of the border tests.
 """
 
 from __future__ import annotations
@@ -417,7 +418,8 @@ def passes(
     sure: bool = True,
 ) -> bool:
     """The structure filter; ``candidate`` applies the looser gate of proposals (before decoding); without
-    ``border`` the three border tests (``edge``, ``edge_local``, ``edge_fine``) are left out; without
+    ``border`` the three border tests (``edge``, ``edge_local``, ``edge_fine``) are left out (for a
+    :func:`stark` region they always are); without
     ``sure`` a region the verifier is sure of (the profile's ``sure_learned``) gets nothing for it."""
     if not features:
         return False
